@@ -1,0 +1,230 @@
+"""Typed config schemas, one dataclass per Hydra config group.
+
+The schemas are registered in Hydra's ConfigStore as `base_config`, so a YAML key that does
+not exist in a schema, or a value of the wrong type, fails at compose time. Cross-field checks
+live in `__post_init__` and run when `train.py` converts the composed config with
+`OmegaConf.to_object`, i.e. before any data is read or any weight is allocated. Every error
+names the offending key (`model.n_heads`, `data.seq_len`, ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+
+class ConfigError(ValueError):
+    """An impossible configuration; the message names the key."""
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+def _one_of(value: str, key: str, choices: tuple[str, ...]) -> None:
+    _check(value in choices, key, f"must be one of {list(choices)}, got {value!r}")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "moe_100m"
+    vocab_size: int = 32000
+    d_model: int = 512
+    n_layers: int = 12
+    n_heads: int = 8
+    max_seq_len: int = 1024
+    # attention: "mla" (DeepSeek-V2/V3 multi-head latent attention) or "gqa" (RoPE + n_kv_heads)
+    attention: str = "mla"
+    q_lora_rank: Optional[int] = None  # null = full query projection
+    kv_lora_rank: int = 256
+    qk_nope_head_dim: int = 64
+    qk_rope_head_dim: int = 32
+    v_head_dim: int = 64
+    n_kv_heads: int = 2  # gqa only
+    head_dim: int = 64  # gqa only
+    rope_theta: float = 10000.0
+    # feed-forward
+    n_shared_experts: int = 2
+    n_routed_experts: int = 5
+    moe_intermediate_size: int = 576
+    top_k: int = 2
+    scoring: str = "softmax"  # softmax (DeepSeek-V2) | sigmoid (DeepSeek-V3)
+    norm_topk_prob: bool = True
+    routed_scaling_factor: float = 1.0
+    first_k_dense: int = 0  # the first k layers use a dense MLP
+    dense_intermediate_size: int = 2048
+    activation: str = "silu"  # silu -> SwiGLU, gelu -> GeGLU
+    # load balancing, each switchable
+    use_aux_loss: bool = True  # switch/GShard loss over all tokens of the batch
+    aux_loss_coef: float = 0.01
+    use_aux_free_bias: bool = True  # DeepSeek-V3 selection bias
+    bias_update_rate: float = 0.001
+    use_z_loss: bool = True
+    z_loss_coef: float = 0.001
+    # misc
+    tie_embeddings: bool = True
+    dropout: float = 0.0
+    init_std: float = 0.02
+    norm_eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        k = "model."
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len", "n_routed_experts",
+                     "moe_intermediate_size", "top_k"):
+            _check(getattr(self, name) > 0, k + name, "must be > 0")
+        _one_of(self.attention, k + "attention", ("mla", "gqa"))
+        _one_of(self.scoring, k + "scoring", ("softmax", "sigmoid"))
+        _one_of(self.activation, k + "activation", ("silu", "gelu"))
+        _check(self.top_k <= self.n_routed_experts, k + "top_k",
+               f"top_k={self.top_k} exceeds model.n_routed_experts={self.n_routed_experts}")
+        _check(self.n_shared_experts >= 0, k + "n_shared_experts", "must be >= 0")
+        _check(0 <= self.first_k_dense <= self.n_layers, k + "first_k_dense", "must be in [0, n_layers]")
+        _check(0.0 <= self.dropout < 1.0, k + "dropout", "must be in [0, 1)")
+        _check(self.init_std > 0, k + "init_std", "must be > 0")
+        if self.attention == "mla":
+            _check(self.qk_rope_head_dim % 2 == 0 and self.qk_rope_head_dim > 0, k + "qk_rope_head_dim",
+                   f"RoPE needs an even positive dim, got {self.qk_rope_head_dim}")
+            _check(self.kv_lora_rank > 0, k + "kv_lora_rank", "must be > 0")
+            _check(self.q_lora_rank is None or self.q_lora_rank > 0, k + "q_lora_rank", "must be null or > 0")
+            _check(self.qk_nope_head_dim > 0 and self.v_head_dim > 0, k + "qk_nope_head_dim",
+                   "qk_nope_head_dim and v_head_dim must be > 0")
+        else:
+            _check(self.head_dim % 2 == 0, k + "head_dim", f"RoPE needs an even head_dim, got {self.head_dim}")
+            _check(self.n_kv_heads > 0 and self.n_heads % self.n_kv_heads == 0, k + "n_kv_heads",
+                   f"n_heads={self.n_heads} must be divisible by n_kv_heads={self.n_kv_heads}")
+
+    @property
+    def qk_head_dim(self) -> int:
+        return self.qk_nope_head_dim + self.qk_rope_head_dim
+
+    def is_moe_layer(self, layer_idx: int) -> bool:
+        return layer_idx >= self.first_k_dense
+
+
+@dataclass
+class DataConfig:
+    name: str = "text_lines"
+    # text_lines: one training sample per line of `path` (EOS + line + EOS), padded per batch
+    path: str = "moe_lm/resources/overfit_100_lines.txt"
+    seq_len: int = 64
+    batch_size: int = 16
+    num_workers: int = 0
+    tokenizer_vocab_size: int = 32000  # target size of the BPE trained on the file
+    val_fraction: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(self.seq_len > 1, "data.seq_len", "must be > 1")
+        _check(self.batch_size > 0, "data.batch_size", "must be > 0")
+        _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+        _check(0.0 <= self.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)")
+
+
+@dataclass
+class OptimizerConfig:
+    lr: float = 3e-4
+    weight_decay: float = 0.1
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    router_lr_mult: float = 1.0
+    grad_clip: float = 1.0
+    fused: bool = True  # fused AdamW kernel where the device supports it
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, "optimizer.lr", "must be > 0")
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optimizer.betas",
+               "must be two numbers in [0, 1)")
+        _check(self.weight_decay >= 0, "optimizer.weight_decay", "must be >= 0")
+        _check(self.router_lr_mult > 0, "optimizer.router_lr_mult", "must be > 0")
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = "cosine"  # cosine (linear warmup + cosine) | constant | wsd (warmup-stable-decay)
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    decay_fraction: float = 0.2  # wsd: fraction of max_steps spent decaying
+
+    def __post_init__(self) -> None:
+        _one_of(self.name, "scheduler.name", ("cosine", "constant", "wsd"))
+        _check(self.warmup_steps >= 0, "scheduler.warmup_steps", "must be >= 0")
+        _check(0.0 <= self.min_lr_ratio <= 1.0, "scheduler.min_lr_ratio", "must be in [0, 1]")
+        _check(0.0 < self.decay_fraction <= 1.0, "scheduler.decay_fraction", "must be in (0, 1]")
+
+
+@dataclass
+class PrecisionConfig:
+    name: str = "bf16"  # bf16 -> bf16-mixed, fp16 -> 16-mixed, fp32 -> 32-true
+
+    def __post_init__(self) -> None:
+        _one_of(self.name, "precision.name", ("bf16", "fp16", "fp32"))
+
+    @property
+    def lightning(self) -> str:
+        return {"bf16": "bf16-mixed", "fp16": "16-mixed", "fp32": "32-true"}[self.name]
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 1000
+    accumulate_grad_batches: int = 1
+    accelerator: str = "auto"
+    devices: str = "auto"
+    strategy: str = "auto"
+    log_every_n_steps: int = 10
+    val_check_interval: Optional[int] = None  # in optimizer steps; null = no validation loop
+    limit_val_batches: int = 8
+    fast_dev_run: bool = False
+    compile: bool = False  # torch.compile the model (CUDA)
+    deterministic: bool = False
+    peak_flops: Optional[float] = None  # per-device peak FLOP/s for MFU; null = look up the device
+    progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.max_steps > 0, "trainer.max_steps", "must be > 0")
+        _check(self.accumulate_grad_batches > 0, "trainer.accumulate_grad_batches", "must be > 0")
+
+
+@dataclass
+class LoggerConfig:
+    wandb: bool = False
+    wandb_mode: str = "offline"  # offline unless configured online
+    project: str = "moe_lm"
+    csv: bool = True
+
+    def __post_init__(self) -> None:
+        _one_of(self.wandb_mode, "logger.wandb_mode", ("offline", "online", "disabled"))
+
+
+@dataclass
+class EvalConfig:
+    """Post-training checks of the overfit demo."""
+
+    reproduce_lines: int = 0  # greedy-decode this many training lines from their prefix
+    prompt_tokens: int = 8
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 1337
+    out_dir: str = "runs/default"
+
+    def __post_init__(self) -> None:
+        _check(self.data.seq_len <= self.model.max_seq_len, "data.seq_len",
+               f"{self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}")
+        _check(self.eval.prompt_tokens > 0, "eval.prompt_tokens", "must be > 0")
+
+
+def register_configs() -> None:
+    """Register the schema so YAML files are validated against it at compose time."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="base_config", node=TrainConfig)
