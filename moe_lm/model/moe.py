@@ -73,10 +73,12 @@ class RoutedExperts(nn.Module):
         order = flat_expert.argsort(stable=True)  # slots sorted by expert
         token_of_slot = order // K  # (N*K,): which token each sorted slot belongs to
         x_sorted = x[token_of_slot]  # (N*K, D), grouped by expert
+        # unbind once: indexing the stacked weights per expert would zero-fill a full (E, ...) grad each time
+        w_gate_up, w_down = self.gate_up_proj.unbind(0), self.down_proj.unbind(0)
         outs = []
         for e, x_e in enumerate(x_sorted.split(counts.tolist())):  # loop over E experts, not tokens
-            gate, up = F.linear(x_e, self.gate_up_proj[e]).chunk(2, dim=-1)  # (n_e, I) each
-            outs.append(F.linear(self.act(gate) * up, self.down_proj[e]))  # (n_e, D)
+            gate, up = F.linear(x_e, w_gate_up[e]).chunk(2, dim=-1)  # (n_e, I) each
+            outs.append(F.linear(self.act(gate) * up, w_down[e]))  # (n_e, D)
         y_sorted = torch.cat(outs) * topk_weight.reshape(-1)[order, None].to(x.dtype)  # (N*K, D)
         return torch.zeros_like(x).index_add_(0, token_of_slot, y_sorted)  # (N, D)
 

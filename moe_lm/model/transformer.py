@@ -56,8 +56,13 @@ class MoETransformer(nn.Module):
         return [layer.mlp for layer in self.layers if layer.is_moe]
 
     def forward(self, input_ids: torch.Tensor, cache: Optional[KVCache] = None,
-                positions: Optional[torch.Tensor] = None, attn_mask: Optional[torch.Tensor] = None) -> ModelOutput:
-        """input_ids: (B, T). With a cache, positions default to continuing after the cached tokens."""
+                positions: Optional[torch.Tensor] = None, attn_mask: Optional[torch.Tensor] = None,
+                logits_at: Optional[torch.Tensor] = None) -> ModelOutput:
+        """input_ids: (B, T). With a cache, positions default to continuing after the cached tokens.
+
+        logits_at: optional (B, T) bool mask; logits are then computed only there, shape (M, V)
+        (training skips the LM head on padding).
+        """
         B, T = input_ids.shape
         if positions is None:
             start = cache.seq_len if cache is not None else 0
@@ -74,7 +79,9 @@ class MoETransformer(nn.Module):
             x, s = layer(x, cos, sin, cache, attn_mask)
             if s is not None:
                 stats.append(s)
-        logits = self.lm_head(self.norm(x))  # (B, T, V)
+        if logits_at is not None:
+            x = x[logits_at]  # (M, D)
+        logits = self.lm_head(self.norm(x))  # (B, T, V) or (M, V)
         zero = logits.new_zeros((), dtype=torch.float32)
         if not stats:
             return ModelOutput(logits, zero, zero, None, None)

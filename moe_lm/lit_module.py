@@ -1,0 +1,160 @@
+"""LightningModule: next-token loss + balance losses, AdamW groups, LR schedule, metrics.
+
+Lightning owns the loop; the model (moe_lm.model) is plain PyTorch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Optional
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+from torchmetrics.aggregation import MeanMetric
+
+from moe_lm.config import TrainConfig
+from moe_lm.data.text_lines import IGNORE_INDEX
+from moe_lm.metrics import device_peak_flops, routing_stats
+from moe_lm.model import MoETransformer
+from moe_lm.model.counting import param_breakdown, train_flops_per_token
+from moe_lm.schedule import lr_multiplier
+
+
+class MoELitModule(L.LightningModule):
+    def __init__(self, cfg: TrainConfig, tokenizer: Optional[Tokenizer] = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.model = MoETransformer(cfg.model)
+        parts = param_breakdown(self.model, cfg.model)
+        self.flops_per_token = train_flops_per_token(cfg.model, parts, cfg.data.seq_len)
+        self.val_loss = MeanMetric()
+        self.loss_history: list[tuple[int, float]] = []  # (optimizer step, train loss) for the loss curve
+        self._t_last: Optional[float] = None
+        self._tokens_since = 0
+
+    def forward(self, input_ids: torch.Tensor):
+        return self.model(input_ids)
+
+    # ---- loss ---------------------------------------------------------------------------------
+    def _losses(self, batch: dict[str, torch.Tensor]):
+        targets = batch["targets"]
+        valid = targets != IGNORE_INDEX  # (B, T)
+        out = self.model(batch["input_ids"], logits_at=valid)  # logits (M, V): no LM head on padding
+        ce = F.cross_entropy(out.logits.float(), targets[valid])
+        m = self.cfg.model
+        loss = ce
+        if m.use_aux_loss:
+            loss = loss + m.aux_loss_coef * out.aux_loss
+        if m.use_z_loss:
+            loss = loss + m.z_loss_coef * out.z_loss
+        return loss, ce, out
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if self.global_step == 0 and batch_idx == 0:
+            self._log_first_batch(batch)
+        loss, ce, out = self._losses(batch)
+        self._tokens_since += batch["input_ids"].numel()
+        self.log_dict({"train/loss": ce.detach(), "train/ppl": ce.detach().exp(), "train/aux_loss": out.aux_loss.detach(),
+                       "train/z_loss": out.z_loss.detach()}, prog_bar=False)
+        self.log("loss", ce.detach(), prog_bar=True, logger=False)
+        if out.expert_counts is not None and self._is_log_step():
+            self._log_routing(out.expert_counts)
+        if self._at_accumulation_boundary(batch_idx):
+            self.loss_history.append((self.global_step, float(ce.detach())))
+        return loss
+
+    def _at_accumulation_boundary(self, batch_idx: int) -> bool:
+        return (batch_idx + 1) % self.cfg.trainer.accumulate_grad_batches == 0
+
+    def _is_log_step(self) -> bool:
+        return self.global_step % max(1, self.cfg.trainer.log_every_n_steps) == 0
+
+    def _log_routing(self, counts: torch.Tensor) -> None:
+        s = routing_stats(counts)
+        metrics = {"moe/load_cv": s["load_cv"], "moe/max_violation": s["max_violation"],
+                   "moe/dead_experts": s["dead_experts"].float()}
+        first = self.cfg.model.first_k_dense
+        for layer, row in enumerate(s["load"]):
+            for e, frac in enumerate(row):
+                metrics[f"moe/expert_load/layer{layer + first}/expert{e}"] = frac
+        self.log_dict(metrics)
+
+    def _log_first_batch(self, batch: dict[str, torch.Tensor]) -> None:
+        """Decode sample 0 with its shifted targets, so an off-by-one in slicing is visible."""
+        if self.tokenizer is None:
+            return
+        ids = batch["input_ids"][0].tolist()
+        tgt = [t for t in batch["targets"][0].tolist() if t != IGNORE_INDEX]
+        rows = [(self.tokenizer.id_to_token(i), self.tokenizer.id_to_token(t)) for i, t in zip(ids, tgt)][:16]
+        text = ("first batch, sample 0\n  input : " + repr(self.tokenizer.decode(ids, skip_special_tokens=False))
+                + "\n  target: " + repr(self.tokenizer.decode(tgt, skip_special_tokens=False))
+                + "\n  (input -> target) " + " ".join(f"{a!r}->{b!r}" for a, b in rows))
+        self.print(text)
+        for logger in self.loggers:
+            if hasattr(logger, "log_text"):
+                logger.log_text(key="train/first_batch", columns=["input", "target"],
+                                data=[[self.tokenizer.decode(ids), self.tokenizer.decode(tgt)]])
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        _, ce, _ = self._losses(batch)
+        self.val_loss.update(ce)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val/loss", self.val_loss.compute(), prog_bar=True)
+        self.val_loss.reset()
+
+    # ---- optimisation -------------------------------------------------------------------------
+    def on_before_optimizer_step(self, optimizer) -> None:
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if grads and self._is_log_step():
+            self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads))
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.trainer.world_size > 1:
+            for moe in self.model.moe_layers():
+                torch.distributed.all_reduce(moe.tokens_per_expert)
+        self.model.update_router_biases()  # once per optimizer step, after accumulation
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if not self._at_accumulation_boundary(batch_idx) or not self._is_log_step():
+            return
+        now = time.perf_counter()
+        if self._t_last is not None:
+            tok_s = self._tokens_since * self.trainer.world_size / (now - self._t_last)
+            peak = device_peak_flops(self.device, self.cfg.trainer.peak_flops) * self.trainer.world_size
+            self.log_dict({"perf/tokens_per_s": tok_s, "perf/mfu": tok_s * self.flops_per_token / peak})
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        self._t_last, self._tokens_since = now, 0
+
+    def configure_optimizers(self):
+        o = self.cfg.optimizer
+        decay, no_decay, router = [], [], []
+        for name, p in self.model.named_parameters():
+            if ".mlp.gate.weight" in name:
+                router.append(p)
+            elif p.dim() < 2:
+                no_decay.append(p)
+            else:
+                decay.append(p)
+        groups = [
+            {"params": decay, "weight_decay": o.weight_decay, "lr": o.lr},
+            {"params": no_decay, "weight_decay": 0.0, "lr": o.lr},
+            {"params": router, "weight_decay": 0.0, "lr": o.lr * o.router_lr_mult},
+        ]
+        groups = [g for g in groups if g["params"]]
+        opt = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=o.fused or None)
+        # max_steps from config, never trainer.estimated_stepping_batches (it resets dataloader state).
+        max_steps, sched_cfg = self.cfg.trainer.max_steps, self.cfg.scheduler
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_multiplier(step, sched_cfg, max_steps))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ---- checkpoint ---------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["moe_lm_config"] = dataclasses.asdict(self.cfg)  # plain dict: safe to load
+        if self.tokenizer is not None:
+            checkpoint["tokenizer_json"] = self.tokenizer.to_str()

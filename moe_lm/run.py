@@ -1,0 +1,138 @@
+"""Build data, model, loggers and Trainer from a validated TrainConfig; fit; write artefacts."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from tokenizers import Tokenizer
+
+from moe_lm.config import ConfigError, TrainConfig
+from moe_lm.data.text_lines import TextLinesDataModule, read_lines
+from moe_lm.data.tokenizer import eot_id, train_bpe
+from moe_lm.generation import greedy_decode
+from moe_lm.lit_module import MoELitModule
+
+
+def build_tokenizer(cfg: TrainConfig, out_dir: Path) -> Tokenizer:
+    """The overfit demo trains its byte-level BPE on the data file itself, at the start of the run."""
+    lines = read_lines(cfg.data.path)
+    tok = train_bpe(lines, cfg.data.tokenizer_vocab_size)
+    if tok.get_vocab_size() > cfg.model.vocab_size:
+        raise ConfigError(f"model.vocab_size: {cfg.model.vocab_size} is smaller than the tokenizer's "
+                          f"{tok.get_vocab_size()} tokens (data.tokenizer_vocab_size={cfg.data.tokenizer_vocab_size})")
+    tok.save(str(out_dir / "tokenizer.json"))
+    return tok
+
+
+def build_loggers(cfg: TrainConfig, out_dir: Path) -> list:
+    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+    loggers: list = []
+    if cfg.logger.csv:
+        loggers.append(CSVLogger(str(out_dir), name="csv", version="", flush_logs_every_n_steps=cfg.trainer.log_every_n_steps))
+    if cfg.logger.wandb and cfg.logger.wandb_mode != "disabled":
+        os.environ.setdefault("WANDB_MODE", cfg.logger.wandb_mode)
+        loggers.append(WandbLogger(project=cfg.logger.project, save_dir=str(out_dir), offline=cfg.logger.wandb_mode == "offline"))
+    return loggers
+
+
+def build_trainer(cfg: TrainConfig, out_dir: Path) -> L.Trainer:
+    from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+
+    t = cfg.trainer
+    callbacks: list = [ModelCheckpoint(dirpath=str(out_dir / "checkpoints"), save_last=True, save_top_k=0)]
+    if t.progress_bar:
+        callbacks.append(RichProgressBar(leave=True))
+    validate = t.val_check_interval is not None
+    return L.Trainer(
+        max_steps=t.max_steps, max_epochs=-1, accelerator=t.accelerator, devices=t.devices, strategy=t.strategy,
+        precision=cfg.precision.lightning, accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=cfg.optimizer.grad_clip or None, log_every_n_steps=t.log_every_n_steps,
+        val_check_interval=t.val_check_interval * t.accumulate_grad_batches if validate else None,
+        check_val_every_n_epoch=None if validate else 1, limit_val_batches=t.limit_val_batches if validate else 0,
+        num_sanity_val_steps=0, fast_dev_run=t.fast_dev_run, deterministic=t.deterministic,
+        enable_progress_bar=t.progress_bar, logger=build_loggers(cfg, out_dir) or False, callbacks=callbacks,
+        default_root_dir=str(out_dir),
+    )
+
+
+def save_loss_curve(history: list[tuple[int, float]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    steps, losses = zip(*history)
+    ax.plot(steps, losses)
+    ax.set_yscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("train loss (cross-entropy, nats)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def reproduce_lines(model, tok: Tokenizer, lines: list[str], n: int, prompt_tokens: int) -> list[dict[str, Any]]:
+    """Greedy-decode n evenly spaced lines from their first `prompt_tokens` tokens."""
+    eot = eot_id(tok)
+    picks = sorted({round(i * (len(lines) - 1) / max(1, n - 1)) for i in range(n)})
+    results = []
+    for i in picks:
+        ids = tok.encode(lines[i]).ids
+        prompt, rest = ids[:prompt_tokens], ids[prompt_tokens:]
+        got = greedy_decode(model, [eot] + prompt, max_new_tokens=len(rest) + 8, eos_id=eot)
+        results.append({"line": i, "ok": got == rest, "expected": lines[i], "got": tok.decode(prompt + got)})
+    return results
+
+
+def export_weights(model: torch.nn.Module, path: Path) -> None:
+    from safetensors.torch import save_model
+
+    save_model(model, str(path))
+
+
+def train(cfg: TrainConfig, out_dir: str | Path) -> dict[str, Any]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision("high")
+    tok = build_tokenizer(cfg, out)
+    dm = TextLinesDataModule(cfg.data, tok, cfg.seed)
+    module = MoELitModule(cfg, tok)
+    if cfg.trainer.compile:
+        module.model.compile()
+    trainer = build_trainer(cfg, out)
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=dm)
+    wall = time.perf_counter() - t0
+    result: dict[str, Any] = {"wall_s": round(wall, 1), "steps": trainer.global_step}
+    if not trainer.is_global_zero:
+        return result
+    if module.loss_history:
+        result["final_train_loss"] = module.loss_history[-1][1]
+        save_loss_curve(module.loss_history, out / "loss_curve.png", f"{cfg.model.name} on {Path(cfg.data.path).name}")
+    if cfg.trainer.fast_dev_run:
+        return result
+    trainer.save_checkpoint(str(out / "checkpoints" / "final.ckpt"))
+    export_weights(module.model, out / "model.safetensors")
+    if cfg.eval.reproduce_lines > 0:
+        res = reproduce_lines(module.model.float().cpu(), tok, dm.lines, cfg.eval.reproduce_lines, cfg.eval.prompt_tokens)
+        for r in res:
+            print(f"[{'reproduced' if r['ok'] else 'MISMATCH  '}] line {r['line']:3d}: {r['got']}")
+            if not r["ok"]:
+                print(f"             expected: {r['expected']}")
+        result["reproduced"] = sum(r["ok"] for r in res)
+        print(f"reproduced: {result['reproduced']}/{len(res)}")
+    print(f"train loss {result.get('final_train_loss', float('nan')):.4f} after {result['steps']} steps "
+          f"in {wall:.0f} s; artefacts in {out}")
+    (out / "result.json").write_text(json.dumps(result, indent=2))
+    return result

@@ -1,0 +1,32 @@
+"""Train: `python -m moe_lm.train [+experiment=NAME] [overrides]` (Hydra; add -m for sweeps)."""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from moe_lm.config import ConfigError, register_configs
+from moe_lm.conf_utils import to_train_config
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(dcfg: DictConfig) -> float | None:
+    try:
+        cfg = to_train_config(dcfg)  # all cross-field checks, before any work
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        sys.exit(2)
+    from moe_lm.run import train
+
+    out_dir = cfg.out_dir or HydraConfig.get().runtime.output_dir
+    result = train(cfg, out_dir)
+    return result.get("final_train_loss")
+
+
+if __name__ == "__main__":
+    main()

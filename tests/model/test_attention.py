@@ -1,0 +1,64 @@
+import pytest
+import torch
+
+from moe_lm.model import MoETransformer
+from moe_lm.model.cache import KVCache
+from moe_lm.model.layers import apply_rope, rope_cos_sin
+from tests.conftest import tiny_model_config
+
+
+@pytest.mark.parametrize("attention", ["mla", "gqa"])
+def test_changing_token_t_never_changes_earlier_logits(attention):
+    model = MoETransformer(tiny_model_config(attention=attention, use_aux_free_bias=False)).eval()
+    x = torch.randint(0, 101, (2, 24))
+    t = 13
+    y = x.clone()
+    y[:, t] = (y[:, t] + 7) % 101
+    with torch.no_grad():
+        a, b = model(x).logits, model(y).logits
+    torch.testing.assert_close(a[:, :t], b[:, :t], atol=0, rtol=0)
+    assert (a[:, t:] - b[:, t:]).abs().max() > 1e-4  # the change is visible from t on
+
+
+def test_rope_scores_depend_only_on_offset():
+    torch.manual_seed(1)
+    q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
+
+    def score(pq: int, pk: int) -> torch.Tensor:
+        cq, sq = rope_cos_sin(torch.tensor([pq]), 16, 10000.0)
+        ck, sk = rope_cos_sin(torch.tensor([pk]), 16, 10000.0)
+        return (apply_rope(q, cq, sq) * apply_rope(k, ck, sk)).sum()
+
+    torch.testing.assert_close(score(5, 2), score(105, 102), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(score(9, 9), (q * k).sum(), rtol=1e-5, atol=1e-5)  # offset 0 = no rotation
+    assert (score(5, 2) - score(6, 2)).abs() > 1e-4
+
+
+def test_rope_preserves_norm():
+    x = torch.randn(2, 3, 7, 8)
+    cos, sin = rope_cos_sin(torch.arange(7), 8, 10000.0)
+    torch.testing.assert_close(apply_rope(x, cos, sin).norm(dim=-1), x.norm(dim=-1))
+
+
+@pytest.mark.parametrize("attention", ["mla", "gqa"])
+def test_cached_decoding_equals_full_forward(attention):
+    cfg = tiny_model_config(attention=attention)
+    model = MoETransformer(cfg).eval()
+    x = torch.randint(0, 101, (2, 40))
+    with torch.no_grad():
+        full = model(x).logits
+        cache = KVCache(cfg.n_layers)
+        parts = [model(x[:, :24], cache=cache).logits]  # prefill, then one token at a time
+        parts += [model(x[:, i:i + 1], cache=cache).logits for i in range(24, 40)]
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-4, rtol=1e-4)
+
+
+def test_mla_cache_holds_only_latent_and_rope_key():
+    cfg = tiny_model_config()
+    model = MoETransformer(cfg).eval()
+    cache = KVCache(cfg.n_layers)
+    with torch.no_grad():
+        model(torch.randint(0, 101, (3, 10)), cache=cache)
+    latent, k_rope = cache.layers[0]
+    assert latent.shape == (3, 10, cfg.kv_lora_rank)
+    assert k_rope.shape == (3, 1, 10, cfg.qk_rope_head_dim)
