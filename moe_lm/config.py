@@ -105,8 +105,9 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     name: str = "text_lines"
-    # text_lines: one training sample per line of `path` (EOS + line + EOS), padded per batch
+    # text_lines: each line of `path` is a document (EOS + line); whole lines are packed into samples
     path: str = "moe_lm/resources/overfit_100_lines.txt"
+    pack_lines: bool = True
     seq_len: int = 64
     batch_size: int = 16
     num_workers: int = 0

@@ -109,9 +109,12 @@ class MoELitModule(L.LightningModule):
 
     # ---- optimisation -------------------------------------------------------------------------
     def on_before_optimizer_step(self, optimizer) -> None:
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if grads and self._is_log_step():
-            self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads))
+        # Clipped here rather than by the Trainer, whose AMP plugin refuses fused optimizers. Gradients are
+        # already unscaled at this point for fp16 (the optimizer is not fused then).
+        max_norm = self.cfg.optimizer.grad_clip or float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm)
+        if self._is_log_step():
+            self.log("train/grad_norm", norm)
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
@@ -147,7 +150,8 @@ class MoELitModule(L.LightningModule):
             {"params": router, "weight_decay": 0.0, "lr": o.lr * o.router_lr_mult},
         ]
         groups = [g for g in groups if g["params"]]
-        opt = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=o.fused or None)
+        fused = o.fused and self.cfg.precision.name != "fp16"  # fp16's grad scaler must unscale before clipping
+        opt = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused or None)
         # max_steps from config, never trainer.estimated_stepping_batches (it resets dataloader state).
         max_steps, sched_cfg = self.cfg.trainer.max_steps, self.cfg.scheduler
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_multiplier(step, sched_cfg, max_steps))

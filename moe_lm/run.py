@@ -53,7 +53,7 @@ def build_trainer(cfg: TrainConfig, out_dir: Path) -> L.Trainer:
     return L.Trainer(
         max_steps=t.max_steps, max_epochs=-1, accelerator=t.accelerator, devices=t.devices, strategy=t.strategy,
         precision=cfg.precision.lightning, accumulate_grad_batches=t.accumulate_grad_batches,
-        gradient_clip_val=cfg.optimizer.grad_clip or None, log_every_n_steps=t.log_every_n_steps,
+        log_every_n_steps=t.log_every_n_steps,
         val_check_interval=t.val_check_interval * t.accumulate_grad_batches if validate else None,
         check_val_every_n_epoch=None if validate else 1, limit_val_batches=t.limit_val_batches if validate else 0,
         num_sanity_val_steps=0, fast_dev_run=t.fast_dev_run, deterministic=t.deterministic,
@@ -94,6 +94,20 @@ def reproduce_lines(model, tok: Tokenizer, lines: list[str], n: int, prompt_toke
     return results
 
 
+@torch.no_grad()
+def full_pass_loss(module: MoELitModule, dm: TextLinesDataModule) -> float:
+    """Token-weighted mean cross-entropy over the whole training set, model in eval mode."""
+    module.eval()
+    total, count = 0.0, 0
+    for batch in dm.val_dataloader():
+        valid = batch["targets"] != -100
+        logits = module.model(batch["input_ids"].to(module.device), logits_at=valid.to(module.device)).logits
+        total += float(torch.nn.functional.cross_entropy(logits.float(), batch["targets"][valid].to(module.device),
+                                                         reduction="sum"))
+        count += int(valid.sum())
+    return total / count
+
+
 def export_weights(model: torch.nn.Module, path: Path) -> None:
     from safetensors.torch import save_model
 
@@ -123,6 +137,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict[str, Any]:
     if cfg.trainer.fast_dev_run:
         return result
     trainer.save_checkpoint(str(out / "checkpoints" / "final.ckpt"))
+    result["train_loss_full_pass"] = full_pass_loss(module, dm)
     export_weights(module.model, out / "model.safetensors")
     if cfg.eval.reproduce_lines > 0:
         res = reproduce_lines(module.model.float().cpu(), tok, dm.lines, cfg.eval.reproduce_lines, cfg.eval.prompt_tokens)
@@ -132,7 +147,8 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict[str, Any]:
                 print(f"             expected: {r['expected']}")
         result["reproduced"] = sum(r["ok"] for r in res)
         print(f"reproduced: {result['reproduced']}/{len(res)}")
-    print(f"train loss {result.get('final_train_loss', float('nan')):.4f} after {result['steps']} steps "
-          f"in {wall:.0f} s; artefacts in {out}")
+    print(f"train loss {result['train_loss_full_pass']:.4f} (full pass over the training set; last batch "
+          f"{result.get('final_train_loss', float('nan')):.4f}) after {result['steps']} steps in {wall:.0f} s; "
+          f"artefacts in {out}")
     (out / "result.json").write_text(json.dumps(result, indent=2))
     return result

@@ -1,6 +1,10 @@
-"""One training sample per line of a text file: `<|endoftext|> line <|endoftext|>`.
+"""A small text file as training data, one document per line (the overfit demo).
 
-Used by the overfit demo. Samples are padded per batch; padded targets are -100 (ignored).
+Lines are wrapped as `<|endoftext|> line` and packed greedily, whole, into chunks of at most
+seq_len + 1 tokens, in file order (`data.pack_lines=true`), or kept one line per sample. Packing
+matters for memorisation: a sample that starts at a line start cannot predict that line's first
+token from `<|endoftext|>` alone, so one line per sample leaves an irreducible loss of roughly
+log(100) nats on every line's first token. Samples are padded per batch; padded targets are -100.
 """
 
 from __future__ import annotations
@@ -36,6 +40,21 @@ def encode_lines(lines: list[str], tok: Tokenizer, seq_len: int) -> list[list[in
     return [([eot] + enc.ids + [eot])[: seq_len + 1] for enc in tok.encode_batch(lines)]
 
 
+def pack_lines(samples: list[list[int]], max_len: int, eot: int) -> list[list[int]]:
+    """Greedily concatenate whole samples (each starting with EOT) into chunks of <= max_len tokens."""
+    chunks: list[list[int]] = []
+    cur: list[int] = []
+    for s in samples:
+        body = s[:-1] if s[-1] == eot else s  # the next sample's leading EOT separates them
+        if cur and len(cur) + len(body) + 1 > max_len:
+            chunks.append(cur + [eot])
+            cur = []
+        cur = cur + body
+    if cur:
+        chunks.append((cur + [eot])[:max_len])
+    return chunks
+
+
 def collate(samples: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
     """Pad to the longest sample; targets are inputs shifted left by one, padding ignored."""
     width = max(len(s) for s in samples)
@@ -55,8 +74,10 @@ class TextLinesDataModule(L.LightningDataModule):
         self.tokenizer = tokenizer
         self.seed = seed
         self.lines = read_lines(cfg.path)
-        self.samples = encode_lines(self.lines, tokenizer, cfg.seq_len)
         self.pad_id = eot_id(tokenizer)
+        self.samples = encode_lines(self.lines, tokenizer, cfg.seq_len)
+        if cfg.pack_lines:
+            self.samples = pack_lines(self.samples, cfg.seq_len + 1, self.pad_id)
 
     def _loader(self, shuffle: bool) -> DataLoader:
         gen = torch.Generator().manual_seed(self.seed)

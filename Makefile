@@ -1,0 +1,37 @@
+# Two set-up-free commands on a fresh clone: `make demo` and `make test`.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PYTEST := $(PY) -m pytest
+export HF_DATASETS_OFFLINE ?= 1
+export HF_HUB_OFFLINE ?= 1
+export WANDB_MODE ?= offline
+
+.PHONY: install demo test test-full bench params clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	@# Without a CUDA GPU, take the CPU build of torch first (a plain `torch` resolves to a multi-GB CUDA build).
+	if ! nvidia-smi -L >/dev/null 2>&1; then $(PY) -m pip install -q torch==2.13.0; fi
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install  ## moe_100m memorises 100 lines, then greedy-decodes 10 of them
+	$(PY) -m moe_lm.train +experiment=overfit_100_lines
+
+test: install  ## fast tier (CPU, tiny configs)
+	$(PYTEST) -m "not slow" -q
+
+test-full: install  ## everything, slow tier included
+	$(PYTEST) -q
+
+bench: install
+	$(PY) experiments/bench_train_step.py
+
+params: install
+	$(PY) -m moe_lm.params
+
+clean:
+	rm -rf runs multirun outputs .pytest_cache

@@ -1,0 +1,31 @@
+import pytest
+import torch
+
+from moe_lm.data.text_lines import IGNORE_INDEX, collate, encode_lines, read_lines
+from moe_lm.data.tokenizer import EOT, train_bpe
+
+
+def test_collate_shifts_targets_by_one_and_ignores_padding():
+    batch = collate([[0, 5, 6, 7, 0], [0, 9, 0]], pad_id=0)
+    assert batch["input_ids"].tolist() == [[0, 5, 6, 7], [0, 9, 0, 0]]
+    assert batch["targets"].tolist() == [[5, 6, 7, 0], [9, 0, IGNORE_INDEX, IGNORE_INDEX]]
+
+
+def test_lines_are_wrapped_in_eot_and_round_trip(tmp_path):
+    lines = ["the cat sat on the mat.", "the dog ran, and ran; and ran!", "caf\u00e9 \u2014 na\u00efve \U0001F600"]
+    tok = train_bpe(lines * 3, 300)
+    eot = tok.token_to_id(EOT)
+    samples = encode_lines(lines, tok, seq_len=64)
+    for line, s in zip(lines, samples):
+        assert s[0] == eot and s[-1] == eot
+        assert tok.decode(s[1:-1]) == line  # byte-level BPE: exact round trip
+    short = encode_lines(lines, tok, seq_len=4)
+    assert all(len(s) == 5 for s in short)  # seq_len + 1 tokens at most
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="data.path"):
+        read_lines(tmp_path / "nope.txt")
+    (tmp_path / "empty.txt").write_text("\n\n")
+    with pytest.raises(ValueError, match="no non-empty lines"):
+        read_lines(tmp_path / "empty.txt")

@@ -1,0 +1,54 @@
+"""End-to-end training through Lightning on tiny configs."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from moe_lm.conf_utils import CONF_DIR, compose
+from moe_lm.run import train
+
+TINY = ["model=moe_tiny", "model.vocab_size=2048", "precision=fp32", "trainer.progress_bar=false",
+        "logger.csv=false", "trainer.log_every_n_steps=1"]
+
+
+def test_moe_tiny_overfits_a_short_string(tmp_path):
+    data = tmp_path / "lines.txt"
+    data.write_text("the quick brown fox jumps over the lazy dog while seven wizards quietly juggle boxes.\n"
+                    "pack my box with five dozen liquor jugs, then sphinx of black quartz judge my vow.\n")
+    cfg = compose(TINY + ["+experiment=overfit_100_lines", f"data.path={data}", "data.batch_size=2",
+                          "optimizer.lr=3e-3", "trainer.max_steps=120", "eval.reproduce_lines=2",
+                          "eval.prompt_tokens=3", f"out_dir={tmp_path}/run"])
+    result = train(cfg, cfg.out_dir)
+    assert result["final_train_loss"] < 0.05
+    assert result["reproduced"] == 2
+    run = Path(cfg.out_dir)
+    assert (run / "loss_curve.png").stat().st_size > 1000
+    ckpt = torch.load(run / "checkpoints" / "final.ckpt", weights_only=True, map_location="cpu")
+    assert ckpt["moe_lm_config"]["model"]["name"] == "moe_tiny"
+    assert "<|endoftext|>" in ckpt["tokenizer_json"]
+    assert any(k.endswith("e_score_correction_bias") for k in ckpt["state_dict"])
+
+
+def test_router_bias_updates_once_per_optimizer_step(tmp_path, monkeypatch):
+    from moe_lm.model.transformer import MoETransformer
+
+    calls = []
+    orig = MoETransformer.update_router_biases
+    monkeypatch.setattr(MoETransformer, "update_router_biases", lambda self: (calls.append(1), orig(self)))
+    cfg = compose(TINY + ["trainer.max_steps=3", "trainer.accumulate_grad_batches=2", "data.batch_size=4",
+                          f"out_dir={tmp_path}"])
+    train(cfg, tmp_path)
+    assert len(calls) == 3
+
+
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_composes_and_runs_fast_dev_run(name, tmp_path):
+    cfg = compose([f"+experiment={name}", "trainer.fast_dev_run=true", "trainer.progress_bar=false",
+                   "logger.csv=false", "logger.wandb=false", f"out_dir={tmp_path}"])
+    result = train(cfg, tmp_path)
+    assert result["steps"] == 1
+    assert torch.isfinite(torch.tensor(result["final_train_loss"]))
