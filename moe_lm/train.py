@@ -18,13 +18,12 @@ register_configs()
 def main(dcfg: DictConfig) -> float | None:
     try:
         cfg = to_train_config(dcfg)  # all cross-field checks, before any work
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        sys.exit(2)
-    from moe_lm.run import train
+        from moe_lm.run import train
 
-    out_dir = cfg.out_dir or HydraConfig.get().runtime.output_dir
-    result = train(cfg, out_dir)
+        result = train(cfg, cfg.out_dir or HydraConfig.get().runtime.output_dir)
+    except (ConfigError, FileNotFoundError) as e:  # bad input: say what, before any work was done
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     return result.get("final_train_loss")
 
 

@@ -52,3 +52,27 @@ def test_every_experiment_composes_and_runs_fast_dev_run(name, tmp_path):
     result = train(cfg, tmp_path)
     assert result["steps"] == 1
     assert torch.isfinite(torch.tensor(result["final_train_loss"]))
+
+
+def test_wandb_logger_runs_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose(TINY + ["logger=wandb", "trainer.max_steps=2", f"out_dir={tmp_path}"])
+    train(cfg, tmp_path)
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+
+def test_cli_reports_bad_input_naming_it(tmp_path):
+    import subprocess
+    import sys
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "moe_lm.train", *args, f"out_dir={tmp_path}"],
+                              capture_output=True, text=True)
+
+    r = run("model.top_k=9")
+    assert r.returncode == 2 and "model.top_k" in r.stderr
+    r = run("data.path=/nonexistent/file.txt")
+    assert r.returncode == 2 and "data.path" in r.stderr
+    r = run("model.not_a_key=1")
+    assert r.returncode != 0 and "not_a_key" in r.stderr
+    assert not (tmp_path / "checkpoints").exists()  # nothing was started

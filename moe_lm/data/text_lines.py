@@ -1,10 +1,13 @@
 """A small text file as training data, one document per line (the overfit demo).
 
-Lines are wrapped as `<|endoftext|> line` and packed greedily, whole, into chunks of at most
-seq_len + 1 tokens, in file order (`data.pack_lines=true`), or kept one line per sample. Packing
-matters for memorisation: a sample that starts at a line start cannot predict that line's first
-token from `<|endoftext|>` alone, so one line per sample leaves an irreducible loss of roughly
-log(100) nats on every line's first token. Samples are padded per batch; padded targets are -100.
+`data.sampling` picks how lines become samples:
+- `lines`: one line per sample, `<|endoftext|> line <|endoftext|>`, padded per batch (targets -100).
+  A sample cannot predict its line's first token from `<|endoftext|>` alone, so this leaves an
+  irreducible loss of about log(#lines) nats on every line start (~0.1 nats/token on the demo file).
+- `windows`: the lines, in file order and separated by `<|endoftext|>`, form one circular token
+  stream; each sample is a window of seq_len + 1 tokens at a uniformly random offset. Every line is
+  seen with every amount of left context, so the model learns to continue a line from its own first
+  tokens, and only a window's first few positions are ambiguous (the nanoGPT recipe).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from tokenizers import Tokenizer
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from moe_lm.config import DataConfig
 from moe_lm.data.tokenizer import eot_id
@@ -40,19 +43,24 @@ def encode_lines(lines: list[str], tok: Tokenizer, seq_len: int) -> list[list[in
     return [([eot] + enc.ids + [eot])[: seq_len + 1] for enc in tok.encode_batch(lines)]
 
 
-def pack_lines(samples: list[list[int]], max_len: int, eot: int) -> list[list[int]]:
-    """Greedily concatenate whole samples (each starting with EOT) into chunks of <= max_len tokens."""
-    chunks: list[list[int]] = []
-    cur: list[int] = []
-    for s in samples:
-        body = s[:-1] if s[-1] == eot else s  # the next sample's leading EOT separates them
-        if cur and len(cur) + len(body) + 1 > max_len:
-            chunks.append(cur + [eot])
-            cur = []
-        cur = cur + body
-    if cur:
-        chunks.append((cur + [eot])[:max_len])
-    return chunks
+class CircularWindows(Dataset):
+    """Windows of `width` tokens starting at any offset of a circular token stream."""
+
+    def __init__(self, stream: list[int], width: int) -> None:
+        self.stream = torch.tensor(stream + stream[: width - 1])  # wrap around: every offset is a full window
+        self.n, self.width = len(stream), width
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, offset: int) -> list[int]:
+        return self.stream[offset: offset + self.width].tolist()
+
+
+def line_stream(lines: list[str], tok: Tokenizer) -> list[int]:
+    """EOT line EOT line ... in file order."""
+    eot = eot_id(tok)
+    return [t for enc in tok.encode_batch(lines) for t in [eot] + enc.ids]
 
 
 def collate(samples: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -75,18 +83,25 @@ class TextLinesDataModule(L.LightningDataModule):
         self.seed = seed
         self.lines = read_lines(cfg.path)
         self.pad_id = eot_id(tokenizer)
-        self.samples = encode_lines(self.lines, tokenizer, cfg.seq_len)
-        if cfg.pack_lines:
-            self.samples = pack_lines(self.samples, cfg.seq_len + 1, self.pad_id)
+        self.line_samples = encode_lines(self.lines, tokenizer, cfg.seq_len)
+        if cfg.sampling == "windows":
+            stream = line_stream(self.lines, tokenizer)
+            if len(stream) < cfg.seq_len + 1:
+                raise ValueError(f"data.seq_len: {cfg.seq_len} needs more than the {len(stream)} tokens in {cfg.path}")
+            self.train_set: Dataset | list = CircularWindows(stream, cfg.seq_len + 1)
+            # Each token of the stream once, from aligned windows (the last one wraps around).
+            self.eval_set = [self.train_set[o] for o in range(0, len(stream), cfg.seq_len)]
+        else:
+            self.train_set = self.eval_set = self.line_samples
 
-    def _loader(self, shuffle: bool) -> DataLoader:
-        gen = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.samples, batch_size=self.cfg.batch_size, shuffle=shuffle, generator=gen,
+    def _loader(self, data, sampler=None) -> DataLoader:
+        return DataLoader(data, batch_size=self.cfg.batch_size, sampler=sampler,
                           collate_fn=partial(collate, pad_id=self.pad_id), num_workers=self.cfg.num_workers,
-                          drop_last=False, persistent_workers=self.cfg.num_workers > 0)
+                          persistent_workers=self.cfg.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(shuffle=True)
+        gen = torch.Generator().manual_seed(self.seed)
+        return self._loader(self.train_set, RandomSampler(self.train_set, generator=gen))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(shuffle=False)
+        return self._loader(self.eval_set)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from moe_lm.data.text_lines import IGNORE_INDEX, collate, encode_lines, read_lines
+from moe_lm.data.text_lines import IGNORE_INDEX, CircularWindows, collate, encode_lines, line_stream, read_lines
 from moe_lm.data.tokenizer import EOT, train_bpe
 
 
@@ -29,3 +29,19 @@ def test_missing_file_is_a_clear_error(tmp_path):
     (tmp_path / "empty.txt").write_text("\n\n")
     with pytest.raises(ValueError, match="no non-empty lines"):
         read_lines(tmp_path / "empty.txt")
+
+
+def test_circular_windows_cover_every_offset_and_wrap():
+    ds = CircularWindows([10, 11, 12, 13, 14], width=3)
+    assert len(ds) == 5
+    assert [ds[i] for i in range(5)] == [[10, 11, 12], [11, 12, 13], [12, 13, 14], [13, 14, 10], [14, 10, 11]]
+
+
+def test_line_stream_separates_lines_with_eot_in_file_order():
+    lines = ["alpha beta", "gamma delta"]
+    tok = train_bpe(lines * 2, 300)
+    eot = tok.token_to_id(EOT)
+    stream = line_stream(lines, tok)
+    assert stream[0] == eot and stream.count(eot) == 2
+    second = stream.index(eot, 1)
+    assert tok.decode(stream[1:second]) == "alpha beta" and tok.decode(stream[second + 1:]) == "gamma delta"
