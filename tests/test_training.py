@@ -28,6 +28,14 @@ def test_moe_tiny_overfits_a_short_string(tmp_path):
     assert ckpt["moe_lm_config"]["model"]["name"] == "moe_tiny"
     assert "<|endoftext|>" in ckpt["tokenizer_json"]
     assert any(k.endswith("e_score_correction_bias") for k in ckpt["state_dict"])
+    # The checkpoint alone rebuilds model and tokenizer; the CLI streams the memorised line.
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "moe_lm.generate", f"ckpt={run / 'checkpoints' / 'final.ckpt'}",
+                          "prompt=pack my box", "temperature=0", "max_new_tokens=40"],
+                         capture_output=True, text=True, check=True).stdout
+    assert " with five dozen liquor jugs, then sphinx of black quartz judge my vow." in out
 
 
 def test_router_bias_updates_once_per_optimizer_step(tmp_path, monkeypatch):

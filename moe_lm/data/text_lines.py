@@ -4,6 +4,10 @@
 - `lines`: one line per sample, `<|endoftext|> line <|endoftext|>`, padded per batch (targets -100).
   A sample cannot predict its line's first token from `<|endoftext|>` alone, so this leaves an
   irreducible loss of about log(#lines) nats on every line start (~0.1 nats/token on the demo file).
+- `packed`: whole lines, in file order, packed greedily into samples of at most seq_len + 1 tokens;
+  with a short seq_len that is one or two lines per sample (no padding waste). Only a sample's first
+  line start is unpredictable; a long seq_len lets the model lean on the previous lines, and it then
+  fails to recall a line from its own first tokens.
 - `windows`: the lines, in file order and separated by `<|endoftext|>`, form one circular token
   stream; each sample is a window of seq_len + 1 tokens at a uniformly random offset. Every line is
   seen with every amount of left context, so the model learns to continue a line from its own first
@@ -57,6 +61,21 @@ class CircularWindows(Dataset):
         return self.stream[offset: offset + self.width].tolist()
 
 
+def pack_lines(samples: list[list[int]], max_len: int, eot: int) -> list[list[int]]:
+    """Greedily concatenate whole samples (EOT + line + EOT) into chunks of at most max_len tokens."""
+    chunks: list[list[int]] = []
+    cur: list[int] = []
+    for s in samples:
+        body = s[:-1] if s[-1] == eot else s  # the next sample's leading EOT separates them
+        if cur and len(cur) + len(body) + 1 > max_len:
+            chunks.append(cur + [eot])
+            cur = []
+        cur = cur + body
+    if cur:
+        chunks.append((cur + [eot])[:max_len])
+    return chunks
+
+
 def line_stream(lines: list[str], tok: Tokenizer) -> list[int]:
     """EOT line EOT line ... in file order."""
     eot = eot_id(tok)
@@ -91,6 +110,8 @@ class TextLinesDataModule(L.LightningDataModule):
             self.train_set: Dataset | list = CircularWindows(stream, cfg.seq_len + 1)
             # Each token of the stream once, from aligned windows (the last one wraps around).
             self.eval_set = [self.train_set[o] for o in range(0, len(stream), cfg.seq_len)]
+        elif cfg.sampling == "packed":
+            self.train_set = self.eval_set = pack_lines(self.line_samples, cfg.seq_len + 1, self.pad_id)
         else:
             self.train_set = self.eval_set = self.line_samples
 
