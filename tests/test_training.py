@@ -16,8 +16,8 @@ def test_moe_tiny_overfits_a_short_string(tmp_path):
     data = tmp_path / "lines.txt"
     data.write_text("the quick brown fox jumps over the lazy dog while seven wizards quietly juggle boxes.\n"
                     "pack my box with five dozen liquor jugs, then sphinx of black quartz judge my vow.\n")
-    cfg = compose(TINY + ["+experiment=overfit_100_lines", f"data.path={data}", "data.batch_size=2",
-                          "optimizer.lr=3e-3", "trainer.max_steps=120", "eval.reproduce_lines=2",
+    cfg = compose(TINY + ["+experiment=overfit_100_lines", f"data.path={data}", "data.sampling=lines", "data.batch_size=2",
+                          "optimizer.lr=3e-3", "trainer.max_steps=300", "eval.reproduce_lines=2",
                           "eval.prompt_tokens=3", f"out_dir={tmp_path}/run"])
     result = train(cfg, cfg.out_dir)
     assert result["final_train_loss"] < 0.05
@@ -33,7 +33,7 @@ def test_moe_tiny_overfits_a_short_string(tmp_path):
     import sys
 
     out = subprocess.run([sys.executable, "-m", "moe_lm.generate", f"ckpt={run / 'checkpoints' / 'final.ckpt'}",
-                          "prompt=pack my box", "temperature=0", "max_new_tokens=40"],
+                          "prompt=pack my box", "temperature=0", "max_new_tokens=60"],
                          capture_output=True, text=True, check=True).stdout
     assert " with five dozen liquor jugs, then sphinx of black quartz judge my vow." in out
 
