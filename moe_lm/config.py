@@ -41,6 +41,7 @@ class ModelConfig:
     qk_nope_head_dim: int = 64
     qk_rope_head_dim: int = 32
     v_head_dim: int = 64
+    mla_absorb: bool = True  # cached decoding attends in the latent space (weight absorption)
     n_kv_heads: int = 2  # gqa only
     head_dim: int = 64  # gqa only
     rope_theta: float = 10000.0

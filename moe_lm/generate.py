@@ -53,7 +53,7 @@ def stream_text(model, tok, prompt_ids: list[int], cfg: SamplingConfig, eot) -> 
 
 def main(argv: list[str]) -> None:
     from moe_lm.checkpoint import load_model
-    from moe_lm.data.tokenizer import EOT
+    from moe_lm.data.tokenizer import EOT, chat_text, has_chat_tokens
 
     cfg = parse_args(argv)
     model, tok, _ = load_model(cfg.ckpt, cfg.device)
@@ -64,14 +64,17 @@ def main(argv: list[str]) -> None:
     if not cfg.chat:
         stream_text(model, tok, [eot] + tok.encode(cfg.prompt).ids, sampling, eot)
         return
-    history: list[int] = [eot]
-    print("chat: type a message, an empty line to quit (plain-text template: this tokenizer has no role tokens)")
+    messages: list[tuple[str, str]] = []
+    kind = "role tokens" if has_chat_tokens(tok) else "plain-text template: this tokenizer has no role tokens"
+    print(f"chat ({kind}): type a message, an empty line to quit")
     for line in sys.stdin:
         if not line.strip():
             break
-        history += tok.encode(f"User: {line.strip()}\nAssistant:").ids
-        reply = stream_text(model, tok, history, sampling, eot)
-        history += tok.encode(reply + "\n").ids
+        messages.append(("user", line.strip()))
+        prompt = [eot] + tok.encode(chat_text(messages, tok)).ids
+        if has_chat_tokens(tok):  # a turn ends where the next role marker would start
+            sampling.stop = sorted(set(sampling.stop) | {"<|user|>"})
+        messages.append(("assistant", stream_text(model, tok, prompt, sampling, eot)))
 
 
 if __name__ == "__main__":

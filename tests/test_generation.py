@@ -59,3 +59,40 @@ def test_text_api_with_stop_string():
         stop = first[1]
         cut = generate(model, tok, ["hello"], max_new_tokens=12, temperature=0.0, stop=[stop])[0]
         assert cut == first.split(stop)[0]
+
+
+def test_logit_lens_last_layer_equals_model_output_and_routing_is_reported():
+    from moe_lm.inspect import logit_lens
+
+    cfg = tiny_model_config(n_layers=3, first_k_dense=1)
+    model = MoETransformer(cfg).eval()
+    ids = [1, 2, 3, 4]
+    lens, experts, weights = logit_lens(model, ids, top=5)
+    assert len(lens) == 3
+    probs = model(torch.tensor([ids])).logits[0].softmax(-1)
+    top_p, top_i = probs.topk(5, dim=-1)
+    torch.testing.assert_close(lens[-1][0], top_i)
+    torch.testing.assert_close(lens[-1][1], top_p)
+    assert experts.shape == (2, 4, cfg.top_k) and weights.shape == (2, 4, cfg.top_k)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4))  # normalised top-k weights
+
+
+def test_prompt_longer_than_context_is_truncated_with_a_warning():
+    model = MoETransformer(tiny_model_config(max_seq_len=32)).eval()
+    long_prompt = list(range(1, 41))
+    with pytest.warns(UserWarning, match="longer than the context"):
+        (out,) = list(generate_ids(model, [long_prompt], SamplingConfig(max_new_tokens=10, temperature=0.0)))
+    assert len(out) == 1  # 31 prompt tokens kept, one slot left before max context
+
+
+def test_chat_template_uses_role_tokens_or_plain_text():
+    from moe_lm.data.tokenizer import ROLE_TOKENS, SPECIAL_TOKENS, chat_text, train_bpe
+
+    msgs = [("user", "hi"), ("assistant", "hello"), ("user", "how are you?")]
+    plain = train_bpe(["hi hello how are you"] * 3, 300)
+    assert chat_text(msgs, plain) == "User: hi\nAssistant: hello\nUser: how are you?\nAssistant:"
+    roles = train_bpe(["hi hello how are you"] * 3, 300, SPECIAL_TOKENS + list(ROLE_TOKENS.values()))
+    text = chat_text(msgs, roles)
+    assert text == "<|user|>hi<|assistant|>hello<|user|>how are you?<|assistant|>"
+    ids = roles.encode(text).ids
+    assert ids.count(roles.token_to_id("<|assistant|>")) == 2  # role markers are single special tokens

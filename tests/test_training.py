@@ -36,6 +36,10 @@ def test_moe_tiny_overfits_a_short_string(tmp_path):
                           "prompt=pack my box", "temperature=0", "max_new_tokens=60"],
                          capture_output=True, text=True, check=True).stdout
     assert " with five dozen liquor jugs, then sphinx of black quartz judge my vow." in out
+    out = subprocess.run([sys.executable, "-m", "moe_lm.inspect", f"ckpt={run / 'checkpoints' / 'final.ckpt'}",
+                          "prompt=pack my box"], capture_output=True, text=True, check=True).stdout
+    assert "routed_expert_4" in out and "token 4: 'Ġbox'" in out
+    assert out.count("| experts ") == 5 * 2  # 5 tokens (EOT + 4) x 2 MoE layers
 
 
 def test_router_bias_updates_once_per_optimizer_step(tmp_path, monkeypatch):

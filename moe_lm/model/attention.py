@@ -64,6 +64,23 @@ class MultiHeadLatentAttention(nn.Module):
         self.kv_b_proj = nn.Linear(cfg.kv_lora_rank, h * (cfg.qk_nope_head_dim + cfg.v_head_dim), bias=False)
         self.o_proj = nn.Linear(h * cfg.v_head_dim, d, bias=False)
         self.o_proj.weight.is_residual_proj = True
+        self.absorb = cfg.mla_absorb
+
+    def _absorbed(self, q_nope: torch.Tensor, q_rope: torch.Tensor, latent: torch.Tensor, k_rope: torch.Tensor,
+                  attn_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """Attention in the latent space (DeepSeek-V2's weight absorption): K and V are never expanded.
+
+        q_nope . (W_UK c) = (W_UK^T q_nope) . c, and sum_s a_s W_UV c_s = W_UV (sum_s a_s c_s), so each step
+        costs H*S*C instead of re-expanding all S cached latents through kv_b_proj.
+        """
+        H, N, C = self.n_heads, self.qk_nope_head_dim, self.kv_lora_rank
+        w = self.kv_b_proj.weight.view(H, N + self.v_head_dim, C)
+        w_uk, w_uv = w[:, :N], w[:, N:]  # (H, N, C), (H, V, C)
+        q_lat = torch.einsum("bhtn,hnc->bhtc", q_nope, w_uk)  # (B, H, T, C)
+        q = torch.cat((q_lat, q_rope), dim=-1)  # (B, H, T, C+R)
+        k = torch.cat((latent.unsqueeze(1), k_rope), dim=-1)  # (B, 1, S, C+R): one "kv head"
+        out_lat = _sdpa(q, k, latent.unsqueeze(1), self.qk_head_dim ** -0.5, attn_mask, 0.0, enable_gqa=True)
+        return torch.einsum("bhtc,hvc->bhtv", out_lat, w_uv)  # (B, H, T, V)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: Optional[KVCache] = None, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -80,14 +97,17 @@ class MultiHeadLatentAttention(nn.Module):
         k_rope = k_rope.unsqueeze(1)  # (B, 1, T, R): one rope key shared by all heads
         q_rope = apply_rope(q_rope, cos, sin)
         k_rope = apply_rope(k_rope, cos, sin)
+        dropout = self.dropout if self.training else 0.0
         if cache is not None:
             latent, k_rope = cache.update(self.layer_idx, latent, k_rope)  # (B, S, C), (B, 1, S, R)
+            if self.absorb:
+                out = self._absorbed(q_nope, q_rope, latent, k_rope, attn_mask)  # (B, H, T, V)
+                return self.o_proj(out.transpose(1, 2).reshape(B, T, H * V))
         S = latent.shape[1]
         kv = self.kv_b_proj(latent).view(B, S, H, N + V).transpose(1, 2)  # (B, H, S, N+V)
         k_nope, v = kv.split([N, V], dim=-1)
         k = torch.cat((k_nope, k_rope.expand(B, H, S, R)), dim=-1)  # (B, H, S, N+R)
         q = torch.cat((q_nope, q_rope), dim=-1)  # (B, H, T, N+R)
-        dropout = self.dropout if self.training else 0.0
         out = _sdpa(q, k, v, self.qk_head_dim ** -0.5, attn_mask, dropout)  # (B, H, T, V)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, H * V))
 

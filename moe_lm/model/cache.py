@@ -26,6 +26,11 @@ class KVCache:
         self.layers[layer_idx] = new
         return new
 
+    def reorder(self, index: torch.Tensor) -> None:
+        """Select / repeat batch rows (beam search): row i becomes old row index[i]."""
+        self.layers = [None if layer is None else tuple(t.index_select(0, index) for t in layer)
+                       for layer in self.layers]
+
     @property
     def seq_len(self) -> int:
         first = self.layers[0]

@@ -26,6 +26,8 @@ class ModelOutput:
     z_loss: torch.Tensor  # scalar, mean over MoE layers
     expert_counts: Optional[torch.Tensor]  # (L, E) token slots per expert per MoE layer
     topk_idx: Optional[torch.Tensor]  # (L, B*T, K) chosen experts per MoE layer
+    topk_weight: Optional[torch.Tensor] = None  # (L, B*T, K) their weights
+    hidden_states: Optional[list[torch.Tensor]] = None  # n_layers x (B, T, D), with return_hidden=True
 
 
 class MoETransformer(nn.Module):
@@ -57,7 +59,7 @@ class MoETransformer(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, cache: Optional[KVCache] = None,
                 positions: Optional[torch.Tensor] = None, attn_mask: Optional[torch.Tensor] = None,
-                logits_at: Optional[torch.Tensor] = None) -> ModelOutput:
+                logits_at: Optional[torch.Tensor] = None, return_hidden: bool = False) -> ModelOutput:
         """input_ids: (B, T). With a cache, positions default to continuing after the cached tokens.
 
         logits_at: optional (B, T) bool mask; logits are then computed only there, shape (M, V)
@@ -74,22 +76,26 @@ class MoETransformer(nn.Module):
         if cos.dim() == 3:
             cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, T, R/2)
         x = self.dropout(self.embed_tokens(input_ids))  # (B, T, D)
-        stats = []
+        stats, hidden = [], []
         for layer in self.layers:
             x, s = layer(x, cos, sin, cache, attn_mask)
             if s is not None:
                 stats.append(s)
+            if return_hidden:
+                hidden.append(x)
         if logits_at is not None:
             x = x[logits_at]  # (M, D)
         logits = self.lm_head(self.norm(x))  # (B, T, V) or (M, V)
         zero = logits.new_zeros((), dtype=torch.float32)
+        hidden_states = hidden if return_hidden else None
         if not stats:
-            return ModelOutput(logits, zero, zero, None, None)
+            return ModelOutput(logits, zero, zero, None, None, None, hidden_states)
         aux = torch.stack([s.aux_loss for s in stats]).mean()
         z = torch.stack([s.z_loss for s in stats]).mean()
         counts = torch.stack([s.expert_counts for s in stats])  # (L, E)
         topk = torch.stack([s.topk_idx for s in stats])  # (L, N, K)
-        return ModelOutput(logits, aux, z, counts, topk)
+        weights = torch.stack([s.topk_weight for s in stats])  # (L, N, K)
+        return ModelOutput(logits, aux, z, counts, topk, weights, hidden_states)
 
     @torch.no_grad()
     def update_router_biases(self) -> None:

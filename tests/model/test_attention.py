@@ -41,16 +41,16 @@ def test_rope_preserves_norm():
     torch.testing.assert_close(apply_rope(x, cos, sin).norm(dim=-1), x.norm(dim=-1))
 
 
-@pytest.mark.parametrize("attention", ["mla", "gqa"])
-def test_cached_decoding_equals_full_forward(attention):
-    cfg = tiny_model_config(attention=attention)
+@pytest.mark.parametrize("attention,absorb", [("mla", True), ("mla", False), ("gqa", False)])
+def test_cached_decoding_equals_full_forward(attention, absorb):
+    cfg = tiny_model_config(attention=attention, mla_absorb=absorb)
     model = MoETransformer(cfg).eval()
-    x = torch.randint(0, 101, (2, 40))
+    x = torch.randint(0, 101, (2, 88))
     with torch.no_grad():
         full = model(x).logits
         cache = KVCache(cfg.n_layers)
         parts = [model(x[:, :24], cache=cache).logits]  # prefill, then one token at a time
-        parts += [model(x[:, i:i + 1], cache=cache).logits for i in range(24, 40)]
+        parts += [model(x[:, i:i + 1], cache=cache).logits for i in range(24, 88)]  # 64 decode steps
     torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-4, rtol=1e-4)
 
 
