@@ -10,7 +10,7 @@ names the offending key (`model.n_heads`, `data.seq_len`, ...).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 
 class ConfigError(ValueError):
@@ -104,6 +104,25 @@ class ModelConfig:
 
 
 @dataclass
+class SourceConfig:
+    """One upstream dataset of a domain."""
+
+    hub_id: str = ""  # e.g. openai/gsm8k
+    config: Optional[str] = None  # HF config name, e.g. "main"
+    split: str = "train"
+    weight: float = 1.0  # share of the domain's token budget
+    formatter: str = "text"  # moe_lm.data.formatters
+    local_file: str = ""  # the same records as JSONL/parquet, relative to data.local_root
+
+
+@dataclass
+class DomainConfig:
+    expert: Optional[int] = None  # routed expert it warm-starts; null = shared backbone only (web)
+    token_budget: int = 5_000_000
+    sources: List[SourceConfig] = field(default_factory=list)
+
+
+@dataclass
 class DataConfig:
     name: str = "text_lines"
     # text_lines: each line of `path` is a document (see moe_lm/data/text_lines.py)
@@ -114,6 +133,11 @@ class DataConfig:
     num_workers: int = 0
     tokenizer_vocab_size: int = 32000  # target size of the BPE trained on the file
     val_fraction: float = 0.0
+    # multi-domain data (data=domains)
+    source: str = "hub"  # hub (stream from the HF hub) | local (same schemas from data.local_root)
+    local_root: str = "../shared/data"
+    domains: Dict[str, DomainConfig] = field(default_factory=dict)
+    token_budget_range: List[int] = field(default_factory=lambda: [5_000_000, 50_000_000])
 
     def __post_init__(self) -> None:
         _check(self.seq_len > 1, "data.seq_len", "must be > 1")
@@ -121,6 +145,18 @@ class DataConfig:
         _check(self.batch_size > 0, "data.batch_size", "must be > 0")
         _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
         _check(0.0 <= self.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)")
+        _one_of(self.source, "data.source", ("hub", "local"))
+        lo, hi = self.token_budget_range
+        for name, d in self.domains.items():
+            key = f"data.domains.{name}"
+            _check(lo <= d.token_budget <= hi, key + ".token_budget",
+                   f"{d.token_budget:,} is outside the accepted {lo:,}-{hi:,} tokens")
+            _check(bool(d.sources), key + ".sources", "needs at least one source")
+            for i, src in enumerate(d.sources):
+                from moe_lm.data.formatters import FORMATTERS
+
+                _one_of(src.formatter, f"{key}.sources[{i}].formatter", tuple(FORMATTERS))
+                _check(src.weight > 0, f"{key}.sources[{i}].weight", "must be > 0")
 
 
 @dataclass
@@ -224,6 +260,9 @@ class TrainConfig:
         _check(self.data.seq_len <= self.model.max_seq_len, "data.seq_len",
                f"{self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}")
         _check(self.eval.prompt_tokens > 0, "eval.prompt_tokens", "must be > 0")
+        for name, d in self.data.domains.items():
+            _check(d.expert is None or 0 <= d.expert < self.model.n_routed_experts, f"data.domains.{name}.expert",
+                   f"{d.expert} is not a routed expert of a model with {self.model.n_routed_experts}")
 
 
 def register_configs() -> None:

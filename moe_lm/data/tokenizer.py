@@ -11,8 +11,9 @@ from typing import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from moe_lm.data.formatters import ROLE_TOKENS, render_chat
+
 EOT = "<|endoftext|>"
-ROLE_TOKENS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
 SPECIAL_TOKENS = [EOT]
 
 
@@ -21,13 +22,11 @@ def has_chat_tokens(tok: Tokenizer) -> bool:
 
 
 def chat_text(messages: list[tuple[str, str]], tok: Tokenizer, add_generation_prompt: bool = True) -> str:
-    """The chat template: `<|user|>text<|assistant|>text...` with role tokens, or `User: ...` plain text
-    when the tokenizer has no role tokens. Ends with the assistant's turn marker when asked."""
-    if has_chat_tokens(tok):
-        body = "".join(f"{ROLE_TOKENS[role]}{text}" for role, text in messages)
-        return body + (ROLE_TOKENS["assistant"] if add_generation_prompt else "")
-    body = "".join(f"{role.capitalize()}: {text}\n" for role, text in messages)
-    return body + ("Assistant:" if add_generation_prompt else "")
+    """The chat template (role tokens, or plain text when the tokenizer has none), ending with the
+    assistant's turn marker when asked."""
+    roles = has_chat_tokens(tok)
+    prompt = (ROLE_TOKENS["assistant"] if roles else "Assistant:") if add_generation_prompt else ""
+    return render_chat(messages, roles) + prompt
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, special_tokens: list[str] | None = None,
