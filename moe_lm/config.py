@@ -236,6 +236,19 @@ class LoggerConfig:
 
 
 @dataclass
+class TokenizerConfig:
+    """`python -m moe_lm.tokenizer`: the multi-domain byte-level BPE."""
+
+    vocab_size: int = 32000
+    sample_bytes_per_domain: int = 2_000_000  # domain-balanced training sample
+    out: str = "data/tokenizer"  # writes tokenizer.json and tokenizer.meta.json here
+
+    def __post_init__(self) -> None:
+        _check(self.vocab_size >= 512, "tokenizer.vocab_size", "must be >= 512 (256 bytes + merges + specials)")
+        _check(self.sample_bytes_per_domain > 0, "tokenizer.sample_bytes_per_domain", "must be > 0")
+
+
+@dataclass
 class EvalConfig:
     """Post-training checks of the overfit demo."""
 
@@ -253,6 +266,7 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     seed: int = 1337
     out_dir: str = "runs/default"
 

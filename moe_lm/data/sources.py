@@ -7,9 +7,11 @@ so the caller can count it.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any, Iterator, Union
 
+from moe_lm.config import DataConfig, SourceConfig
 from moe_lm.data.formatters import Skip
 
 
@@ -36,3 +38,36 @@ def read_records(path: str | Path) -> Iterator[Union[dict[str, Any], Skip]]:
                 yield Skip("bad JSON")
                 continue
             yield rec if isinstance(rec, dict) else Skip("record is not a JSON object")
+
+
+def iter_hub(src: SourceConfig, retries: int = 5, backoff_s: float = 2.0) -> Iterator[dict[str, Any]]:
+    """Stream a source from the HF hub, retrying the connection with exponential backoff.
+
+    A failure mid-stream restarts the stream and skips the rows already yielded.
+    """
+    from datasets import load_dataset
+
+    done, attempt = 0, 0
+    while True:
+        try:
+            ds = load_dataset(src.hub_id, src.config, split=src.split, streaming=True)
+            for i, row in enumerate(ds):
+                if i >= done:
+                    done += 1
+                    yield row
+            return
+        except (ConnectionError, TimeoutError, OSError) as e:
+            attempt += 1
+            if attempt > retries:
+                raise RuntimeError(f"source {src.hub_id} ({src.config}, {src.split}): hub unreachable after "
+                                   f"{retries} retries: {e}") from e
+            time.sleep(backoff_s * 2 ** (attempt - 1))
+
+
+def iter_source(src: SourceConfig, data: DataConfig) -> Iterator[Union[dict[str, Any], Skip]]:
+    """The records of one source: streamed from the hub, or read from data.local_root with the same schema."""
+    if data.source == "hub":
+        return iter_hub(src)
+    if not src.local_file:
+        return iter(())
+    return read_records(Path(data.local_root) / src.local_file)
