@@ -72,7 +72,7 @@ def main() -> None:
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device: {name}; batch {args.batch} x {args.seq}, {args.precision}, {args.steps} timed steps")
     rows = [bench("moe_100m", args, device), bench("dense_100m", args, device)]
-    print(f"\n| model | total params | active params | step (s) | tokens/s | MFU |\n|---|---:|---:|---:|---:|---:|")
+    print("\n| model | total params | active params | step (s) | tokens/s | MFU |\n|---|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['model']} | {r['total'] / 1e6:.1f}M | {r['active'] / 1e6:.1f}M | {r['step_s']:.3f} | "
               f"{r['tok_s']:,.0f} | {100 * r['mfu']:.2f}% |")

@@ -7,7 +7,6 @@ and the experts the token was routed to in every MoE layer, with their weights.
 
 from __future__ import annotations
 
-import sys
 
 import torch
 
@@ -64,8 +63,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    from moe_lm.cli import run
+
+    run(main)

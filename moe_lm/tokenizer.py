@@ -9,7 +9,6 @@ bytes per token per domain, round-trip result) under `tokenizer.out`.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -76,8 +75,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except (ConfigError, FileNotFoundError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    from moe_lm.cli import run
+
+    run(main, (ConfigError, FileNotFoundError, RuntimeError))

@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from moe_lm.data.text_lines import IGNORE_INDEX, CircularWindows, collate, encode_lines, line_stream, read_lines
 from moe_lm.data.tokenizer import EOT, train_bpe
