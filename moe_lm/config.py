@@ -249,6 +249,22 @@ class TokenizerConfig:
 
 
 @dataclass
+class PrepareConfig:
+    """`python -m moe_lm.prepare`: token shards per domain."""
+
+    out: str = "data/shards"
+    tokenizer: str = "data/tokenizer/tokenizer.json"
+    val_fraction: float = 0.01  # share of documents (not tokens) held out
+    batch_documents: int = 256  # documents tokenised per batch (encode_batch runs on all cores)
+    checkpoint_every: int = 1024  # documents between progress checkpoints
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.val_fraction < 1.0, "prepare.val_fraction", "must be in [0, 1)")
+        _check(self.batch_documents > 0, "prepare.batch_documents", "must be > 0")
+        _check(self.checkpoint_every > 0, "prepare.checkpoint_every", "must be > 0")
+
+
+@dataclass
 class EvalConfig:
     """Post-training checks of the overfit demo."""
 
@@ -267,6 +283,7 @@ class TrainConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
     seed: int = 1337
     out_dir: str = "runs/default"
 
