@@ -138,6 +138,13 @@ class DataConfig:
     local_root: str = "../shared/data"
     domains: Dict[str, DomainConfig] = field(default_factory=dict)
     token_budget_range: List[int] = field(default_factory=lambda: [5_000_000, 50_000_000])
+    shards: str = "data/shards"  # written by moe_lm.prepare
+    round_robin_steps: int = 0  # phase 1: optimizer steps of single-domain batches, cycling the expert domains
+    round_robin_web: bool = True  # interleave web batches in the round-robin cycle
+    mixture: str = "tokens"  # phase 2 weights: tokens (proportional) | temperature | explicit
+    mixture_temperature: float = 1.0  # p ~ tokens ** (1 / T)
+    mixture_weights: Dict[str, float] = field(default_factory=dict)  # for mixture=explicit
+    val_batches_per_domain: int = 4
 
     def __post_init__(self) -> None:
         _check(self.seq_len > 1, "data.seq_len", "must be > 1")
@@ -146,6 +153,13 @@ class DataConfig:
         _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
         _check(0.0 <= self.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)")
         _one_of(self.source, "data.source", ("hub", "local"))
+        _one_of(self.mixture, "data.mixture", ("tokens", "temperature", "explicit"))
+        _check(self.mixture_temperature > 0, "data.mixture_temperature", "must be > 0")
+        _check(self.round_robin_steps >= 0, "data.round_robin_steps", "must be >= 0")
+        if self.mixture == "explicit":
+            _check(set(self.mixture_weights) == set(self.domains) and all(w >= 0 for w in self.mixture_weights.values())
+                   and sum(self.mixture_weights.values()) > 0, "data.mixture_weights",
+                   f"needs a non-negative weight for each of {sorted(self.domains)}")
         lo, hi = self.token_budget_range
         for name, d in self.domains.items():
             key = f"data.domains.{name}"
