@@ -32,6 +32,8 @@ class MoELitModule(L.LightningModule):
         parts = param_breakdown(self.model, cfg.model)
         self.flops_per_token = train_flops_per_token(cfg.model, parts, cfg.data.seq_len)
         self.val_loss = MeanMetric()
+        self.val_domains: list[str] = []  # one validation dataloader per domain (DomainDataModule)
+        self.val_domain_loss = torch.nn.ModuleList()
         self.loss_history: list[tuple[int, float]] = []  # (optimizer step, train loss) for the loss curve
         self._t_last: Optional[float] = None
         self._tokens_since = 0
@@ -63,6 +65,8 @@ class MoELitModule(L.LightningModule):
         self.log("loss", ce.detach(), prog_bar=True, logger=False)
         if out.expert_counts is not None and self._is_log_step():
             self._log_routing(out.expert_counts)
+            if "domain" in batch:
+                self._log_domain_routing(out.topk_idx, batch["domain"], batch["input_ids"].shape[1])
         if self._at_accumulation_boundary(batch_idx):
             self.loss_history.append((self.global_step, float(ce.detach())))
         return loss
@@ -83,6 +87,20 @@ class MoELitModule(L.LightningModule):
                 metrics[f"moe/expert_load/layer{layer + first}/expert{e}"] = frac
         self.log_dict(metrics)
 
+    def _log_domain_routing(self, topk_idx: torch.Tensor, domain: torch.Tensor, seq_len: int) -> None:
+        """Fraction of each domain's token slots routed to each expert, averaged over MoE layers."""
+        names = getattr(self.trainer.datamodule, "names", None) if self._trainer else None
+        if not names:
+            return
+        E = self.cfg.model.n_routed_experts
+        dom_of_slot = domain.repeat_interleave(seq_len)[None, :, None].expand_as(topk_idx)  # (L, N, K)
+        counts = torch.zeros(len(names), E, device=topk_idx.device)
+        counts.index_put_((dom_of_slot.flatten(), topk_idx.flatten()), torch.ones(topk_idx.numel(), device=counts.device),
+                          accumulate=True)
+        frac = counts / counts.sum(-1, keepdim=True).clamp_min(1)
+        self.log_dict({f"moe/domain_load/{names[d]}/expert{e}": frac[d, e]
+                       for d in domain.unique().tolist() for e in range(E)})
+
     def _log_first_batch(self, batch: dict[str, torch.Tensor]) -> None:
         """Decode sample 0 with its shifted targets, so an off-by-one in slicing is visible."""
         if self.tokenizer is None:
@@ -99,13 +117,26 @@ class MoELitModule(L.LightningModule):
                 logger.log_text(key="train/first_batch", columns=["input", "target"],
                                 data=[[self.tokenizer.decode(ids), self.tokenizer.decode(tgt)]])
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+    def on_validation_epoch_start(self) -> None:
+        names = getattr(self.trainer.datamodule, "names", None)
+        if names and not self.val_domains:
+            self.val_domains = list(names)
+            self.val_domain_loss.extend(MeanMetric().to(self.device) for _ in names)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         _, ce, _ = self._losses(batch)
-        self.val_loss.update(ce)
+        n = batch["targets"].numel()
+        self.val_loss.update(ce, n)
+        if self.val_domains:
+            self.val_domain_loss[dataloader_idx].update(ce, n)
 
     def on_validation_epoch_end(self) -> None:
-        self.log("val/loss", self.val_loss.compute(), prog_bar=True)
+        self.log("val/loss", self.val_loss.compute(), prog_bar=True, add_dataloader_idx=False)
         self.val_loss.reset()
+        for name, metric in zip(self.val_domains, self.val_domain_loss):
+            if metric.update_count:
+                self.log(f"val/loss/{name}", metric.compute(), add_dataloader_idx=False)
+            metric.reset()
 
     # ---- optimisation -------------------------------------------------------------------------
     def on_before_optimizer_step(self, optimizer) -> None:
@@ -124,6 +155,8 @@ class MoELitModule(L.LightningModule):
         self.model.update_router_biases()  # once per optimizer step, after accumulation
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if "batch_id" in batch and self._trainer is not None and hasattr(self.trainer.datamodule, "consumed"):
+            self.trainer.datamodule.consumed = int(batch["batch_id"]) + 1  # the data state saved in checkpoints
         if not self._at_accumulation_boundary(batch_idx) or not self._is_log_step():
             return
         now = time.perf_counter()

@@ -30,6 +30,25 @@ def build_tokenizer(cfg: TrainConfig, out_dir: Path) -> Tokenizer:
     return tok
 
 
+def build_domain_data(cfg: TrainConfig, out_dir: Path):
+    """Tokenizer and shards for data=domains (trained / prepared here when missing), and the DataModule."""
+    from moe_lm.data.datamodule import DomainDataModule
+    from moe_lm.prepare import prepare
+    from moe_lm.tokenizer import train_domain_tokenizer
+
+    tok_path = Path(cfg.prepare.tokenizer)
+    if not tok_path.is_file():
+        tok, meta = train_domain_tokenizer(cfg)
+        tok_path.parent.mkdir(parents=True, exist_ok=True)
+        tok.save(str(tok_path))
+        (tok_path.parent / "tokenizer.meta.json").write_text(json.dumps(meta, indent=2))
+    tok = Tokenizer.from_file(str(tok_path))
+    if tok.get_vocab_size() > cfg.model.vocab_size:
+        raise ConfigError(f"model.vocab_size: {cfg.model.vocab_size} is smaller than the tokenizer's {tok.get_vocab_size()}")
+    prepare(cfg)  # idempotent: finished domains are skipped
+    return tok, DomainDataModule(cfg.data, cfg.seed, cfg.trainer.accumulate_grad_batches)
+
+
 def build_loggers(cfg: TrainConfig, out_dir: Path) -> list:
     from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
@@ -119,8 +138,11 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
-    tok = build_tokenizer(cfg, out)
-    dm = TextLinesDataModule(cfg.data, tok, cfg.seed)
+    if cfg.data.name == "domains":
+        tok, dm = build_domain_data(cfg, out)
+    else:
+        tok = build_tokenizer(cfg, out)
+        dm = TextLinesDataModule(cfg.data, tok, cfg.seed)
     module = MoELitModule(cfg, tok)
     if cfg.trainer.compile:
         module.model.compile()
@@ -137,7 +159,9 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict[str, Any]:
     if cfg.trainer.fast_dev_run:
         return result
     trainer.save_checkpoint(str(out / "checkpoints" / "final.ckpt"))
-    result["train_loss_full_pass"] = full_pass_loss(module, dm)
+    if isinstance(dm, TextLinesDataModule):
+        result["train_loss_full_pass"] = full_pass_loss(module, dm)
+    result.update({k: round(float(v), 4) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
     export_weights(module.model, out / "model.safetensors")
     if cfg.eval.reproduce_lines > 0:
         res = reproduce_lines(module.model.float().cpu(), tok, dm.lines, cfg.eval.reproduce_lines, cfg.eval.prompt_tokens)
@@ -147,8 +171,9 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict[str, Any]:
                 print(f"             expected: {r['expected']}")
         result["reproduced"] = sum(r["ok"] for r in res)
         print(f"reproduced: {result['reproduced']}/{len(res)}")
-    print(f"train loss {result['train_loss_full_pass']:.4f} (full pass over the training set; last batch "
-          f"{result.get('final_train_loss', float('nan')):.4f}) after {result['steps']} steps in {wall:.0f} s; "
-          f"artefacts in {out}")
+    full = f"{result['train_loss_full_pass']:.4f} (full pass over the training set; last batch " \
+        if "train_loss_full_pass" in result else "(last batch "
+    print(f"train loss {full}{result.get('final_train_loss', float('nan')):.4f}) after {result['steps']} steps "
+          f"in {wall:.0f} s; artefacts in {out}")
     (out / "result.json").write_text(json.dumps(result, indent=2))
     return result
