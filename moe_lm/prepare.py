@@ -113,7 +113,7 @@ def prepare_domain(cfg: TrainConfig, name: str, tok: Tokenizer, progress: Progre
                           f"delete it or choose another prepare.out")
     fresh = {"tokenizer_hash": thash, "token_budget": domain.token_budget, "consumed": [0] * len(domain.sources),
              "bytes": {s: 0 for s in SPLITS}, "tokens": {s: 0 for s in SPLITS}, "documents": {s: 0 for s in SPLITS},
-             "per_source_tokens": [0] * len(domain.sources), "skipped": {}}
+             "per_source_tokens": [0] * len(domain.sources), "skipped": {}, "text_bytes": 0}
     prog_path = root / "progress.json"
     state = json.loads(prog_path.read_text()) if prog_path.exists() else fresh
     if state.get("tokenizer_hash") != thash or state.get("token_budget") != domain.token_budget:
@@ -135,7 +135,7 @@ def prepare_domain(cfg: TrainConfig, name: str, tok: Tokenizer, progress: Progre
             batch = [d for _, d in zip(range(p.batch_documents), docs)]
             if not batch:
                 break
-            for enc in tok.encode_batch(batch):
+            for doc, enc in zip(batch, tok.encode_batch(batch)):
                 if state["per_source_tokens"][i] >= share:
                     break
                 doc_idx = state["consumed"][i]
@@ -143,6 +143,7 @@ def prepare_domain(cfg: TrainConfig, name: str, tok: Tokenizer, progress: Progre
                 writer.append(split, [eot] + enc.ids)
                 state["consumed"][i] += 1
                 state["per_source_tokens"][i] += len(enc.ids) + 1
+                state["text_bytes"] += len(doc.encode())
                 since += 1
             if since >= p.checkpoint_every:  # at a batch boundary: no document read ahead of the state
                 writer.checkpoint()
@@ -150,7 +151,7 @@ def prepare_domain(cfg: TrainConfig, name: str, tok: Tokenizer, progress: Progre
             if progress:
                 progress.update(task, completed=sum(state["per_source_tokens"]))
     writer.finish()
-    meta = {**{k: state[k] for k in ("tokenizer_hash", "token_budget", "tokens", "documents", "skipped")},
+    meta = {**{k: state[k] for k in ("tokenizer_hash", "token_budget", "tokens", "documents", "skipped", "text_bytes")},
             "dtype": dtype.name, "expert": domain.expert,
             "sources": [{"hub_id": s.hub_id, "config": s.config, "split": s.split, "local_file": s.local_file,
                          "documents": state["consumed"][i], "tokens": state["per_source_tokens"][i]}
