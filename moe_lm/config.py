@@ -279,6 +279,20 @@ class PrepareConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """`train.*`: where and when checkpoints are written, and where a run resumes from."""
+
+    resume: Optional[str] = None  # auto (this run's last.ckpt, if any) | PATH | null
+    dir: str = ""  # empty = <out_dir>/checkpoints; e.g. a mounted Google Drive folder on Colab
+    every_n_steps: int = 0  # 0 = off
+    every_minutes: float = 0.0  # wall-clock saves (Colab disconnects); 0 = off
+
+    def __post_init__(self) -> None:
+        _check(self.every_n_steps >= 0, "train.every_n_steps", "must be >= 0")
+        _check(self.every_minutes >= 0, "train.every_minutes", "must be >= 0")
+
+
+@dataclass
 class EvalConfig:
     """Post-training checks of the overfit demo."""
 
@@ -298,6 +312,7 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    train: CheckpointConfig = field(default_factory=CheckpointConfig)
     seed: int = 1337
     out_dir: str = "runs/default"
 

@@ -193,5 +193,22 @@ class MoELitModule(L.LightningModule):
     # ---- checkpoint ---------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["moe_lm_config"] = dataclasses.asdict(self.cfg)  # plain dict: safe to load
+        checkpoint["rng"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
         if self.tokenizer is not None:
             checkpoint["tokenizer_json"] = self.tokenizer.to_str()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from moe_lm.checkpointing import CheckpointError, config_mismatch
+
+        saved = checkpoint.get("moe_lm_config", {}).get("model")
+        if saved is None:
+            raise CheckpointError("train.resume: the checkpoint has no moe_lm config (not written by moe_lm.train?)")
+        diff = config_mismatch(saved, dataclasses.asdict(self.cfg.model))
+        if diff:
+            raise CheckpointError("train.resume: the checkpoint is of another architecture:\n  " + "\n  ".join(diff))
+        if "rng" in checkpoint:
+            torch.set_rng_state(checkpoint["rng"]["torch"])
+            if "cuda" in checkpoint["rng"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])

@@ -61,11 +61,25 @@ def build_loggers(cfg: TrainConfig, out_dir: Path) -> list:
     return loggers
 
 
+def checkpoint_dir(cfg: TrainConfig, out_dir: Path) -> Path:
+    return Path(cfg.train.dir) if cfg.train.dir else out_dir / "checkpoints"
+
+
 def build_trainer(cfg: TrainConfig, out_dir: Path) -> L.Trainer:
+    from datetime import timedelta
+
     from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 
-    t = cfg.trainer
-    callbacks: list = [ModelCheckpoint(dirpath=str(out_dir / "checkpoints"), save_last=True, save_top_k=0)]
+    from moe_lm.checkpointing import AtomicCheckpointIO, SaveOnSignal
+
+    t, ck, ckdir = cfg.trainer, cfg.train, checkpoint_dir(cfg, out_dir)
+    callbacks: list = [ModelCheckpoint(dirpath=str(ckdir), save_last=True, save_top_k=0), SaveOnSignal(ckdir / "last.ckpt")]
+    if ck.every_n_steps:
+        callbacks.append(ModelCheckpoint(dirpath=str(ckdir), filename="step{step:07d}", auto_insert_metric_name=False,
+                                         every_n_train_steps=ck.every_n_steps, save_top_k=-1, save_last=True))
+    if ck.every_minutes:
+        callbacks.append(ModelCheckpoint(dirpath=str(ckdir), save_last=True, save_top_k=0,
+                                         train_time_interval=timedelta(minutes=ck.every_minutes)))
     if t.progress_bar:
         callbacks.append(RichProgressBar(leave=True))
     validate = t.val_check_interval is not None
@@ -77,7 +91,7 @@ def build_trainer(cfg: TrainConfig, out_dir: Path) -> L.Trainer:
         check_val_every_n_epoch=None if validate else 1, limit_val_batches=t.limit_val_batches if validate else 0,
         num_sanity_val_steps=0, fast_dev_run=t.fast_dev_run, deterministic=t.deterministic,
         enable_progress_bar=t.progress_bar, logger=build_loggers(cfg, out_dir) or False, callbacks=callbacks,
-        default_root_dir=str(out_dir),
+        default_root_dir=str(out_dir), plugins=[AtomicCheckpointIO()],
     )
 
 
@@ -147,8 +161,13 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict[str, Any]:
     if cfg.trainer.compile:
         module.model.compile()
     trainer = build_trainer(cfg, out)
+    from moe_lm.checkpointing import resolve_resume
+
+    ckpt_path = resolve_resume(cfg.train.resume, checkpoint_dir(cfg, out))
+    if ckpt_path:
+        print(f"resuming from {ckpt_path}")
     t0 = time.perf_counter()
-    trainer.fit(module, datamodule=dm)
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     wall = time.perf_counter() - t0
     result: dict[str, Any] = {"wall_s": round(wall, 1), "steps": trainer.global_step}
     if not trainer.is_global_zero:

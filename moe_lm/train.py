@@ -8,6 +8,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from moe_lm.checkpointing import CheckpointError
 from moe_lm.config import ConfigError, register_configs
 from moe_lm.conf_utils import to_train_config
 
@@ -21,7 +22,7 @@ def main(dcfg: DictConfig) -> float | None:
         from moe_lm.run import train
 
         result = train(cfg, cfg.out_dir or HydraConfig.get().runtime.output_dir)
-    except (ConfigError, FileNotFoundError) as e:  # bad input: say what, before any work was done
+    except (ConfigError, FileNotFoundError, CheckpointError) as e:  # bad input: say what it is, exit cleanly
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     return result.get("final_train_loss")
