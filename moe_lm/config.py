@@ -207,14 +207,25 @@ class SchedulerConfig:
 
 @dataclass
 class PrecisionConfig:
-    name: str = "bf16"  # bf16 -> bf16-mixed, fp16 -> 16-mixed, fp32 -> 32-true
+    name: str = "bf16"  # bf16 -> bf16-mixed, fp16 -> 16-mixed, fp32 -> 32-true, auto -> bf16 unless a GPU lacks it
 
     def __post_init__(self) -> None:
-        _one_of(self.name, "precision.name", ("bf16", "fp16", "fp32"))
+        _one_of(self.name, "precision.name", ("bf16", "fp16", "fp32", "auto"))
+
+    @property
+    def resolved(self) -> str:
+        """`auto`: bf16 where the GPU supports it (or on CPU), fp16 on GPUs without bf16 (e.g. Colab's T4)."""
+        if self.name != "auto":
+            return self.name
+        import torch
+
+        if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+            return "fp16"
+        return "bf16"
 
     @property
     def lightning(self) -> str:
-        return {"bf16": "bf16-mixed", "fp16": "16-mixed", "fp32": "32-true"}[self.name]
+        return {"bf16": "bf16-mixed", "fp16": "16-mixed", "fp32": "32-true"}[self.resolved]
 
 
 @dataclass
@@ -243,6 +254,8 @@ class LoggerConfig:
     wandb: bool = False
     wandb_mode: str = "offline"  # offline unless configured online
     project: str = "moe_lm"
+    name: str = ""  # empty = the run directory's name
+    group: str = ""  # empty = the sweep's name under `-m` (one group per multirun), else none
     csv: bool = True
 
     def __post_init__(self) -> None:

@@ -183,7 +183,7 @@ class MoELitModule(L.LightningModule):
             {"params": router, "weight_decay": 0.0, "lr": o.lr * o.router_lr_mult},
         ]
         groups = [g for g in groups if g["params"]]
-        fused = o.fused and self.cfg.precision.name != "fp16"  # fp16's grad scaler must unscale before clipping
+        fused = o.fused and self.cfg.precision.resolved != "fp16"  # fp16's grad scaler must unscale before clipping
         opt = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused or None)
         # max_steps from config, never trainer.estimated_stepping_batches (it resets dataloader state).
         max_steps, sched_cfg = self.cfg.trainer.max_steps, self.cfg.scheduler
@@ -194,6 +194,9 @@ class MoELitModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["moe_lm_config"] = dataclasses.asdict(self.cfg)  # plain dict: safe to load
         checkpoint["rng"] = {"torch": torch.get_rng_state()}
+        for logger in self.loggers:  # a resumed run continues the same wandb run
+            if type(logger).__name__ == "WandbLogger":
+                checkpoint["wandb_run_id"] = logger.version
         if torch.cuda.is_available():
             checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
         if self.tokenizer is not None:

@@ -49,7 +49,7 @@ def build_domain_data(cfg: TrainConfig, out_dir: Path):
     return tok, DomainDataModule(cfg.data, cfg.seed, cfg.trainer.accumulate_grad_batches)
 
 
-def build_loggers(cfg: TrainConfig, out_dir: Path) -> list:
+def build_loggers(cfg: TrainConfig, out_dir: Path, resume_from: str | None = None) -> list:
     from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
     loggers: list = []
@@ -57,7 +57,12 @@ def build_loggers(cfg: TrainConfig, out_dir: Path) -> list:
         loggers.append(CSVLogger(str(out_dir), name="csv", version="", flush_logs_every_n_steps=cfg.trainer.log_every_n_steps))
     if cfg.logger.wandb and cfg.logger.wandb_mode != "disabled":
         os.environ.setdefault("WANDB_MODE", cfg.logger.wandb_mode)
-        loggers.append(WandbLogger(project=cfg.logger.project, save_dir=str(out_dir), offline=cfg.logger.wandb_mode == "offline"))
+        run_id = None
+        if resume_from:
+            run_id = torch.load(resume_from, map_location="cpu", weights_only=True).get("wandb_run_id")
+        loggers.append(WandbLogger(project=cfg.logger.project, save_dir=str(out_dir), id=run_id, resume="allow",
+                                   offline=cfg.logger.wandb_mode == "offline",
+                                   name=cfg.logger.name or out_dir.name, group=cfg.logger.group or None))
     return loggers
 
 
@@ -65,7 +70,7 @@ def checkpoint_dir(cfg: TrainConfig, out_dir: Path) -> Path:
     return Path(cfg.train.dir) if cfg.train.dir else out_dir / "checkpoints"
 
 
-def build_trainer(cfg: TrainConfig, out_dir: Path) -> L.Trainer:
+def build_trainer(cfg: TrainConfig, out_dir: Path, resume_from: str | None = None) -> L.Trainer:
     from datetime import timedelta
 
     from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
@@ -90,7 +95,7 @@ def build_trainer(cfg: TrainConfig, out_dir: Path) -> L.Trainer:
         val_check_interval=t.val_check_interval * t.accumulate_grad_batches if validate else None,
         check_val_every_n_epoch=None if validate else 1, limit_val_batches=t.limit_val_batches if validate else 0,
         num_sanity_val_steps=0, fast_dev_run=t.fast_dev_run, deterministic=t.deterministic,
-        enable_progress_bar=t.progress_bar, logger=build_loggers(cfg, out_dir) or False, callbacks=callbacks,
+        enable_progress_bar=t.progress_bar, logger=build_loggers(cfg, out_dir, resume_from) or False, callbacks=callbacks,
         default_root_dir=str(out_dir), plugins=[AtomicCheckpointIO()],
     )
 
@@ -160,10 +165,10 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict[str, Any]:
     module = MoELitModule(cfg, tok)
     if cfg.trainer.compile:
         module.model.compile()
-    trainer = build_trainer(cfg, out)
     from moe_lm.checkpointing import resolve_resume
 
     ckpt_path = resolve_resume(cfg.train.resume, checkpoint_dir(cfg, out))
+    trainer = build_trainer(cfg, out, ckpt_path)
     if ckpt_path:
         print(f"resuming from {ckpt_path}")
     t0 = time.perf_counter()
@@ -177,6 +182,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict[str, Any]:
         save_loss_curve(module.loss_history, out / "loss_curve.png", f"{cfg.model.name} on {Path(cfg.data.path).name}")
     if cfg.trainer.fast_dev_run:
         return result
+    trainer.save_checkpoint(str(checkpoint_dir(cfg, out) / "last.ckpt"))  # what train.resume=auto picks up
     trainer.save_checkpoint(str(out / "checkpoints" / "final.ckpt"))
     if isinstance(dm, TextLinesDataModule):
         result["train_loss_full_pass"] = full_pass_loss(module, dm)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from moe_lm.checkpointing import CheckpointError
@@ -21,7 +23,12 @@ def main(dcfg: DictConfig) -> float | None:
         cfg = to_train_config(dcfg)  # all cross-field checks, before any work
         from moe_lm.run import train
 
-        result = train(cfg, cfg.out_dir or HydraConfig.get().runtime.output_dir)
+        hc = HydraConfig.get()
+        if not cfg.logger.group and hc.mode == RunMode.MULTIRUN:
+            cfg.logger.group = Path(hc.sweep.dir).name  # a multirun sweep is one wandb group
+        if not cfg.logger.name and hc.mode == RunMode.MULTIRUN:
+            cfg.logger.name = hc.job.override_dirname or str(hc.job.num)
+        result = train(cfg, cfg.out_dir or hc.runtime.output_dir)
     except (ConfigError, FileNotFoundError, CheckpointError) as e:  # bad input: say what it is, exit cleanly
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -78,3 +78,32 @@ def test_resume_into_another_architecture_names_the_difference(tmp_path):
     trainer.save_checkpoint(tmp_path / "a.ckpt")
     with pytest.raises(CheckpointError, match=r"model\.n_layers: checkpoint 2 != config 3"):
         _fit(_cfg(tmp_path, "model.n_layers=3"), 2, str(tmp_path / "a.ckpt"))
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly_then_auto_resumes(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = [sys.executable, "-m", "moe_lm.train", "model=moe_tiny", "model.vocab_size=2048", "precision=fp32",
+            "trainer.max_steps=100000", "trainer.progress_bar=false", "logger.csv=false", f"out_dir={tmp_path}",
+            "train.resume=auto"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    for line in proc.stdout:  # wait until training runs
+        if "first batch" in line or time.time() > deadline:
+            break
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-2000:]
+    assert "signal SIGTERM: saved" in out
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    step = torch.load(last, weights_only=True)["global_step"]
+    assert step > 0
+    done = subprocess.run(args[:-4] + ["trainer.max_steps=" + str(step + 3), "trainer.progress_bar=false",
+                                       f"out_dir={tmp_path}", "train.resume=auto"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert f"resuming from {last}" in done.stdout
+    assert torch.load(last, weights_only=True)["global_step"] == step + 3
