@@ -17,6 +17,7 @@ from moe_lm.data.text_lines import TextLinesDataModule, read_lines
 from moe_lm.data.tokenizer import eot_id, train_bpe
 from moe_lm.generation import greedy_decode
 from moe_lm.lit_module import MoELitModule
+from moe_lm.model.counting import param_breakdown
 
 
 def build_tokenizer(cfg: TrainConfig, out_dir: Path) -> Tokenizer:
@@ -174,7 +175,11 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     wall = time.perf_counter() - t0
-    result: dict[str, Any] = {"wall_s": round(wall, 1), "steps": trainer.global_step}
+    parts = param_breakdown(module.model, cfg.model)
+    result: dict[str, Any] = {
+        "wall_s": round(wall, 1), "steps": trainer.global_step, "params": parts["total"],
+        "active_params": parts["active_per_token"], "n_layers": cfg.model.n_layers, "seq_len": cfg.data.seq_len,
+        "tokens": trainer.global_step * cfg.trainer.accumulate_grad_batches * cfg.data.batch_size * cfg.data.seq_len}
     if not trainer.is_global_zero:
         return result
     if module.loss_history:

@@ -97,3 +97,22 @@ def test_cli_reports_bad_input_naming_it(tmp_path):
     r = run("model.not_a_key=1")
     assert r.returncode != 0 and "not_a_key" in r.stderr
     assert not (tmp_path / "checkpoints").exists()  # nothing was started
+
+
+def test_two_run_sweep_yields_a_two_row_report(tmp_path):
+    import subprocess
+    import sys
+
+    if not SHARED.is_dir():
+        pytest.skip(f"the sweep prepares its data from {SHARED}, which is absent")
+    sweep = tmp_path / "sweep"
+    subprocess.run([sys.executable, "-m", "moe_lm.train", "-m", "+experiment=ablate_depth_seqlen", "model.n_layers=1,2",
+                    "data.seq_len=32", "trainer.max_steps=4", "trainer.val_check_interval=4", "trainer.progress_bar=false",
+                    f"data.local_root={SHARED}", f"data.shards={tmp_path}/shards", f"prepare.out={tmp_path}/shards",
+                    f"prepare.tokenizer={tmp_path}/tok/tokenizer.json", f"hydra.sweep.dir={sweep}"],
+                   check=True, capture_output=True)
+    out = subprocess.run([sys.executable, "-m", "moe_lm.report", str(sweep)], check=True, capture_output=True,
+                         text=True).stdout
+    rows = [ln for ln in out.splitlines() if ln.startswith("| ") and not ln.startswith("| run")]
+    assert len(rows) == 2 and {r.split("|")[2].strip() for r in rows} == {"1", "2"}
+    assert (sweep / "val_loss.png").stat().st_size > 1000
