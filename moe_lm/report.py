@@ -8,7 +8,6 @@ one line per seq_len.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 
