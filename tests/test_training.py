@@ -87,7 +87,8 @@ def test_cli_reports_bad_input_naming_it(tmp_path):
     import sys
 
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "moe_lm.train", *args, f"out_dir={tmp_path}"],
+        return subprocess.run([sys.executable, "-m", "moe_lm.train", *args, f"out_dir={tmp_path}",
+                               f"hydra.run.dir={tmp_path}/hydra"],
                               capture_output=True, text=True)
 
     r = run("model.top_k=9")
@@ -109,7 +110,8 @@ def test_two_run_sweep_yields_a_two_row_report(tmp_path):
     subprocess.run([sys.executable, "-m", "moe_lm.train", "-m", "+experiment=ablate_depth_seqlen", "model.n_layers=1,2",
                     "data.seq_len=32", "trainer.max_steps=4", "trainer.val_check_interval=4", "trainer.progress_bar=false",
                     f"data.local_root={SHARED}", f"data.shards={tmp_path}/shards", f"prepare.out={tmp_path}/shards",
-                    f"prepare.tokenizer={tmp_path}/tok/tokenizer.json", f"hydra.sweep.dir={sweep}"],
+                    f"prepare.tokenizer={tmp_path}/tok/tokenizer.json", f"hydra.sweep.dir={sweep}",
+                    f"hydra.run.dir={tmp_path}/hydra"],
                    check=True, capture_output=True)
     out = subprocess.run([sys.executable, "-m", "moe_lm.report", str(sweep)], check=True, capture_output=True,
                          text=True).stdout
