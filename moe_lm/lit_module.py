@@ -65,6 +65,7 @@ class MoELitModule(L.LightningModule):
         self.log("loss", ce.detach(), prog_bar=True, logger=False)
         if out.expert_counts is not None and self._is_log_step():
             self._log_routing(out.expert_counts)
+            self.log("moe/router_entropy", out.router_entropy)
             if "domain" in batch:
                 self._log_domain_routing(out.topk_idx, batch["domain"], batch["input_ids"].shape[1])
         if self._at_accumulation_boundary(batch_idx):
@@ -124,13 +125,48 @@ class MoELitModule(L.LightningModule):
             self.val_domain_loss.extend(MeanMetric().to(self.device) for _ in names)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        _, ce, _ = self._losses(batch)
+        _, ce, out = self._losses(batch)
+        if self.val_domains and out.topk_idx is not None:
+            self._routing_counts(out.topk_idx, batch["domain"], batch["input_ids"].shape[1])
         n = batch["targets"].numel()
         self.val_loss.update(ce, n)
         if self.val_domains:
             self.val_domain_loss[dataloader_idx].update(ce, n)
 
+    def _routing_counts(self, topk_idx: torch.Tensor, domain: torch.Tensor, seq_len: int) -> None:
+        """Accumulate (layer, domain, expert) token-slot counts over the validation epoch."""
+        L, _, K = topk_idx.shape
+        E, D = self.cfg.model.n_routed_experts, len(self.val_domains)
+        if getattr(self, "_val_routing", None) is None:
+            self._val_routing = torch.zeros(L, D, E, device=topk_idx.device)
+        dom = domain.repeat_interleave(seq_len)[None, :, None].expand_as(topk_idx)  # (L, N, K)
+        layer = torch.arange(L, device=topk_idx.device)[:, None, None].expand_as(topk_idx)
+        self._val_routing.index_put_((layer.flatten(), dom.flatten(), topk_idx.flatten()),
+                                     torch.ones(topk_idx.numel(), device=topk_idx.device), accumulate=True)
+
+    def _log_routing_matrix(self) -> None:
+        """Domain x expert fraction of each domain's tokens, per layer and averaged; numbers and a heatmap PNG."""
+        counts = getattr(self, "_val_routing", None)
+        self._val_routing = None
+        if counts is None or self.trainer.sanity_checking:
+            return
+        frac = counts / counts.sum(-1, keepdim=True).clamp_min(1)  # (L, D, E)
+        mean = frac.mean(0)
+        first = self.cfg.model.first_k_dense
+        metrics = {f"routing/{d}/expert{e}": mean[i, e] for i, d in enumerate(self.val_domains) for e in range(mean.shape[1])}
+        metrics.update({f"routing/layer{l + first}/{d}/expert{e}": frac[l, i, e] for l in range(frac.shape[0])
+                        for i, d in enumerate(self.val_domains) for e in range(frac.shape[2])})
+        self.log_dict(metrics, add_dataloader_idx=False)
+        if self.trainer.is_global_zero and self.trainer.default_root_dir:
+            from moe_lm.plots import routing_heatmap
+
+            path = routing_heatmap(mean.cpu(), self.val_domains, self.trainer.default_root_dir, self.global_step)
+            for logger in self.loggers:
+                if hasattr(logger, "log_image"):
+                    logger.log_image(key="routing/heatmap", images=[str(path)])
+
     def on_validation_epoch_end(self) -> None:
+        self._log_routing_matrix()
         self.log("val/loss", self.val_loss.compute(), prog_bar=True, add_dataloader_idx=False)
         self.val_loss.reset()
         for name, metric in zip(self.val_domains, self.val_domain_loss):

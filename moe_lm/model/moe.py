@@ -90,6 +90,7 @@ class MoEStats:
     expert_counts: torch.Tensor  # (E,) number of token slots routed to each expert
     topk_idx: torch.Tensor  # (N, K) detached, for routing statistics
     topk_weight: torch.Tensor  # (N, K) detached
+    router_entropy: torch.Tensor  # scalar: mean entropy (nats) of each token's normalised expert scores
 
 
 def load_balance_loss(scores: torch.Tensor, counts: torch.Tensor, top_k: int, scoring: str) -> torch.Tensor:
@@ -135,7 +136,10 @@ class MoE(nn.Module):
         zero = x.new_zeros((), dtype=torch.float32)
         aux = load_balance_loss(r.scores, counts, self.cfg.top_k, self.cfg.scoring) if self.cfg.use_aux_loss else zero
         z = router_z_loss(r.logits) if self.cfg.use_z_loss else zero
-        return y.view(shape), MoEStats(aux, z, counts.detach(), r.topk_idx.detach(), r.topk_weight.detach())
+        with torch.no_grad():
+            p = r.scores / r.scores.sum(-1, keepdim=True)
+            entropy = -(p * p.clamp_min(1e-12).log()).sum(-1).mean()
+        return y.view(shape), MoEStats(aux, z, counts.detach(), r.topk_idx.detach(), r.topk_weight.detach(), entropy)
 
     @torch.no_grad()
     def update_bias(self, rate: float) -> None:

@@ -28,6 +28,7 @@ class ModelOutput:
     topk_idx: Optional[torch.Tensor]  # (L, B*T, K) chosen experts per MoE layer
     topk_weight: Optional[torch.Tensor] = None  # (L, B*T, K) their weights
     hidden_states: Optional[list[torch.Tensor]] = None  # n_layers x (B, T, D), with return_hidden=True
+    router_entropy: Optional[torch.Tensor] = None  # scalar, mean over MoE layers
 
 
 class MoETransformer(nn.Module):
@@ -95,7 +96,8 @@ class MoETransformer(nn.Module):
         counts = torch.stack([s.expert_counts for s in stats])  # (L, E)
         topk = torch.stack([s.topk_idx for s in stats])  # (L, N, K)
         weights = torch.stack([s.topk_weight for s in stats])  # (L, N, K)
-        return ModelOutput(logits, aux, z, counts, topk, weights, hidden_states)
+        entropy = torch.stack([s.router_entropy for s in stats]).mean()
+        return ModelOutput(logits, aux, z, counts, topk, weights, hidden_states, entropy)
 
     @torch.no_grad()
     def update_router_biases(self) -> None:
