@@ -58,6 +58,10 @@ class MoELitModule(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         if self.global_step == 0 and batch_idx == 0:
             self._log_first_batch(batch)
+        if "batch_id" in batch and hasattr(self.trainer.datamodule, "consumed"):
+            # The data state saved in checkpoints. Set here, not in on_train_batch_end: callbacks (checkpoint
+            # savers) run their batch-end hooks before the module's, and must already see this batch consumed.
+            self.trainer.datamodule.consumed = int(batch["batch_id"]) + 1
         loss, ce, out = self._losses(batch)
         self._tokens_since += batch["input_ids"].numel()
         self.log_dict({"train/loss": ce.detach(), "train/ppl": ce.detach().exp(), "train/aux_loss": out.aux_loss.detach(),
@@ -191,8 +195,6 @@ class MoELitModule(L.LightningModule):
         self.model.update_router_biases()  # once per optimizer step, after accumulation
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if "batch_id" in batch and self._trainer is not None and hasattr(self.trainer.datamodule, "consumed"):
-            self.trainer.datamodule.consumed = int(batch["batch_id"]) + 1  # the data state saved in checkpoints
         if not self._at_accumulation_boundary(batch_idx) or not self._is_log_step():
             return
         now = time.perf_counter()
