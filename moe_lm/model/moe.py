@@ -134,6 +134,8 @@ class MoE(nn.Module):
         if self.training:
             self.tokens_per_expert += counts.to(self.tokens_per_expert.dtype)
         zero = x.new_zeros((), dtype=torch.float32)
+        if not self.training:  # decoding and evaluation need no balance losses: keep them off that path
+            return y.view(shape), MoEStats(zero, zero, counts, r.topk_idx, r.topk_weight, zero)
         aux = load_balance_loss(r.scores, counts, self.cfg.top_k, self.cfg.scoring) if self.cfg.use_aux_loss else zero
         z = router_z_loss(r.logits) if self.cfg.use_z_loss else zero
         with torch.no_grad():
