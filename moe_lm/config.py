@@ -127,7 +127,8 @@ class DataConfig:
     name: str = "text_lines"
     # text_lines: each line of `path` is a document (see moe_lm/data/text_lines.py)
     path: str = "moe_lm/resources/overfit_100_lines.txt"
-    sampling: str = "packed"  # packed (whole lines per sample) | lines (one per sample) | windows (random offsets)
+    # packed (whole lines per sample) | lines (one per sample) | windows (random offsets) | aligned (line starts)
+    sampling: str = "packed"
     seq_len: int = 64
     batch_size: int = 16
     num_workers: int = 0
@@ -148,7 +149,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check(self.seq_len > 1, "data.seq_len", "must be > 1")
-        _one_of(self.sampling, "data.sampling", ("packed", "lines", "windows"))
+        _one_of(self.sampling, "data.sampling", ("packed", "lines", "windows", "aligned"))
         _check(self.batch_size > 0, "data.batch_size", "must be > 0")
         _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
         _check(0.0 <= self.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)")

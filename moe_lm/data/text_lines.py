@@ -12,6 +12,11 @@
   stream; each sample is a window of seq_len + 1 tokens at a uniformly random offset. Every line is
   seen with every amount of left context, so the model learns to continue a line from its own first
   tokens, and only a window's first few positions are ambiguous (the nanoGPT recipe).
+- `aligned`: windows of that circular stream that start at a line start (`<|endoftext|>`), one
+  per line. Each line is seen both from its own first tokens (as a sample's first line, exactly the
+  greedy-decode prompt) and after the previous lines; only a sample's first line start is ambiguous,
+  so the loss floor is about log(#lines) / seq_len nats per token. Few distinct samples (one per
+  line) make it fast to memorise.
 """
 
 from __future__ import annotations
@@ -48,16 +53,19 @@ def encode_lines(lines: list[str], tok: Tokenizer, seq_len: int) -> list[list[in
 
 
 class CircularWindows(Dataset):
-    """Windows of `width` tokens starting at any offset of a circular token stream."""
+    """Windows of `width` tokens of a circular token stream, starting at `offsets` (default: every offset)."""
 
-    def __init__(self, stream: list[int], width: int) -> None:
-        self.stream = torch.tensor(stream + stream[: width - 1])  # wrap around: every offset is a full window
-        self.n, self.width = len(stream), width
+    def __init__(self, stream: list[int], width: int, offsets: list[int] | None = None) -> None:
+        reps = -(-width // len(stream))  # wrap around (more than once for a short stream): every window is full
+        self.stream = torch.tensor(stream * (reps + 1))
+        self.offsets = list(range(len(stream))) if offsets is None else offsets
+        self.width = width
 
     def __len__(self) -> int:
-        return self.n
+        return len(self.offsets)
 
-    def __getitem__(self, offset: int) -> list[int]:
+    def __getitem__(self, i: int) -> list[int]:
+        offset = self.offsets[i]
         return self.stream[offset: offset + self.width].tolist()
 
 
@@ -108,8 +116,13 @@ class TextLinesDataModule(L.LightningDataModule):
             if len(stream) < cfg.seq_len + 1:
                 raise ValueError(f"data.seq_len: {cfg.seq_len} needs more than the {len(stream)} tokens in {cfg.path}")
             self.train_set: Dataset | list = CircularWindows(stream, cfg.seq_len + 1)
-            # Each token of the stream once, from aligned windows (the last one wraps around).
+            # Each token of the stream once, from consecutive windows (the last one wraps around).
             self.eval_set = [self.train_set[o] for o in range(0, len(stream), cfg.seq_len)]
+        elif cfg.sampling == "aligned":
+            stream = line_stream(self.lines, tokenizer)
+            starts = [i for i, t in enumerate(stream) if t == self.pad_id]
+            self.train_set = CircularWindows(stream, cfg.seq_len + 1, starts)
+            self.eval_set = [self.train_set[i] for i in range(len(starts))]  # the whole training distribution
         elif cfg.sampling == "packed":
             self.train_set = self.eval_set = pack_lines(self.line_samples, cfg.seq_len + 1, self.pad_id)
         else:

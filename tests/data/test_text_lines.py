@@ -44,3 +44,30 @@ def test_line_stream_separates_lines_with_eot_in_file_order():
     assert stream[0] == eot and stream.count(eot) == 2
     second = stream.index(eot, 1)
     assert tok.decode(stream[1:second]) == "alpha beta" and tok.decode(stream[second + 1:]) == "gamma delta"
+
+
+def test_circular_windows_at_given_offsets_wrap_a_stream_shorter_than_the_window():
+    ds = CircularWindows([10, 11, 12], width=7, offsets=[0, 2])
+    assert len(ds) == 2
+    assert [ds[0], ds[1]] == [[10, 11, 12, 10, 11, 12, 10], [12, 10, 11, 12, 10, 11, 12]]
+
+
+def test_aligned_samples_start_at_each_line_and_follow_file_order(tmp_path):
+    from moe_lm.config import DataConfig
+    from moe_lm.data.text_lines import TextLinesDataModule
+
+    lines = ["alpha beta gamma", "delta epsilon", "zeta eta theta iota"]
+    (tmp_path / "t.txt").write_text("\n".join(lines) + "\n")
+    tok = train_bpe(lines * 2, 300)
+    eot = tok.token_to_id(EOT)
+    dm = TextLinesDataModule(DataConfig(path=str(tmp_path / "t.txt"), sampling="aligned", seq_len=12, batch_size=2),
+                             tok, seed=0)
+    assert len(dm.train_set) == len(dm.eval_set) == 3
+    for i, sample in enumerate(dm.eval_set):
+        assert len(sample) == 13 and sample[0] == eot
+        text = tok.decode(sample, skip_special_tokens=False).split(EOT)[1:]
+        want = [lines[(i + j) % 3] for j in range(len(text))]
+        assert text[:-1] == want[:-1] and want[-1].startswith(text[-1])  # whole lines in order, the last one cut
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["input_ids"].shape == (2, 12) and (batch["input_ids"][:, 0] == eot).all()
+    assert batch["targets"][:, :-1].tolist() == batch["input_ids"][:, 1:].tolist()
