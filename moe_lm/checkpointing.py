@@ -55,7 +55,7 @@ class SaveOnSignal(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.received is not None:
-            trainer.save_checkpoint(str(self.path))
+            trainer.save_checkpoint(str(self.path), weights_only=False)
             pl_module.print(f"signal {signal.Signals(self.received).name}: saved {self.path}, stopping")
             trainer.should_stop = True
 

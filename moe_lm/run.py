@@ -187,12 +187,16 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict[str, Any]:
         save_loss_curve(module.loss_history, out / "loss_curve.png", f"{cfg.model.name} on {Path(cfg.data.path).name}")
     if cfg.trainer.fast_dev_run:
         return result
-    trainer.save_checkpoint(str(checkpoint_dir(cfg, out) / "last.ckpt"))  # what train.resume=auto picks up
-    trainer.save_checkpoint(str(out / "checkpoints" / "final.ckpt"))
+    trainer.save_checkpoint(str(checkpoint_dir(cfg, out) / "last.ckpt"), weights_only=False)  # what train.resume=auto picks up
+    trainer.save_checkpoint(str(out / "checkpoints" / "final.ckpt"), weights_only=False)
     if isinstance(dm, TextLinesDataModule):
         result["train_loss_full_pass"] = full_pass_loss(module, dm)
     result.update({k: round(float(v), 4) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
     export_weights(module.model, out / "model.safetensors")
+    full = f"{result['train_loss_full_pass']:.4f} (full pass over the training set; last batch " \
+        if "train_loss_full_pass" in result else "(last batch "
+    print(f"train loss {full}{result.get('final_train_loss', float('nan')):.4f}) after {result['steps']} steps "
+          f"in {wall:.0f} s; artefacts in {out}")
     if cfg.eval.reproduce_lines > 0:
         res = reproduce_lines(module.model.float().cpu(), tok, dm.lines, cfg.eval.reproduce_lines, cfg.eval.prompt_tokens)
         for r in res:
@@ -200,10 +204,6 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict[str, Any]:
             if not r["ok"]:
                 print(f"             expected: {r['expected']}")
         result["reproduced"] = sum(r["ok"] for r in res)
-        print(f"reproduced: {result['reproduced']}/{len(res)}")
-    full = f"{result['train_loss_full_pass']:.4f} (full pass over the training set; last batch " \
-        if "train_loss_full_pass" in result else "(last batch "
-    print(f"train loss {full}{result.get('final_train_loss', float('nan')):.4f}) after {result['steps']} steps "
-          f"in {wall:.0f} s; artefacts in {out}")
+        print(f"reproduced: {result['reproduced']}/{len(res)}")  # the last line `make demo` prints
     (out / "result.json").write_text(json.dumps(result, indent=2))
     return result

@@ -12,7 +12,7 @@ TINY = ["model=moe_tiny", "model.vocab_size=2048", "precision=fp32", "trainer.pr
         "logger.csv=false", "trainer.log_every_n_steps=1"]
 
 
-def test_moe_tiny_overfits_a_short_string(tmp_path):
+def test_moe_tiny_overfits_a_short_string(tmp_path, capsys):
     data = tmp_path / "lines.txt"
     data.write_text("the quick brown fox jumps over the lazy dog while seven wizards quietly juggle boxes.\n"
                     "pack my box with five dozen liquor jugs, then sphinx of black quartz judge my vow.\n")
@@ -22,6 +22,7 @@ def test_moe_tiny_overfits_a_short_string(tmp_path):
     result = train(cfg, cfg.out_dir)
     assert result["final_train_loss"] < 0.05
     assert result["reproduced"] == 2
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "reproduced: 2/2"  # what `make demo` ends with
     run = Path(cfg.out_dir)
     assert (run / "loss_curve.png").stat().st_size > 1000
     ckpt = torch.load(run / "checkpoints" / "final.ckpt", weights_only=True, map_location="cpu")
