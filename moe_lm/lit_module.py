@@ -45,7 +45,8 @@ class MoELitModule(L.LightningModule):
     def _losses(self, batch: dict[str, torch.Tensor]):
         targets = batch["targets"]
         valid = targets != IGNORE_INDEX  # (B, T)
-        out = self.model(batch["input_ids"], logits_at=valid)  # logits (M, V): no LM head on padding
+        # logits (M, V): no LM head on padding; padding does not count in the routing statistics either
+        out = self.model(batch["input_ids"], logits_at=valid, token_mask=valid)
         ce = F.cross_entropy(out.logits.float(), targets[valid])
         m = self.cfg.model
         loss = ce

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +157,10 @@ def export_weights(model: torch.nn.Module, path: Path) -> None:
 def train(cfg: TrainConfig, out_dir: str | Path) -> dict[str, Any]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # Two harmless Lightning messages on every run: its model summary cannot size bf16-mixed, and its
+    # own use of a deprecated torch pytree class.
+    warnings.filterwarnings("ignore", message="Precision bf16-mixed is not supported by the model summary")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
     if cfg.data.name == "domains":

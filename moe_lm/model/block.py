@@ -32,12 +32,13 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: Optional[KVCache] = None,
-                attn_mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[MoEStats]]:
+                attn_mask: Optional[torch.Tensor] = None,
+                token_mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[MoEStats]]:
         x = x + self.dropout(self.self_attn(self.input_layernorm(x), cos, sin, cache, attn_mask))
         h = self.post_attention_layernorm(x)
         stats = None
         if self.is_moe:
-            h, stats = self.mlp(h)
+            h, stats = self.mlp(h, token_mask)
         else:
             h = self.mlp(h)
         return x + self.dropout(h), stats

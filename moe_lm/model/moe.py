@@ -87,26 +87,31 @@ class RoutedExperts(nn.Module):
 class MoEStats:
     aux_loss: torch.Tensor  # scalar fp32, switch/GShard balance loss (1.0 when balanced)
     z_loss: torch.Tensor  # scalar fp32, mean squared router logsumexp
-    expert_counts: torch.Tensor  # (E,) number of token slots routed to each expert
-    topk_idx: torch.Tensor  # (N, K) detached, for routing statistics
+    expert_counts: torch.Tensor  # (E,) token slots routed to each expert (masked tokens not counted)
+    topk_idx: torch.Tensor  # (N, K) detached, for routing statistics (every token, masked or not)
     topk_weight: torch.Tensor  # (N, K) detached
     router_entropy: torch.Tensor  # scalar: mean entropy (nats) of each token's normalised expert scores
 
 
-def load_balance_loss(scores: torch.Tensor, counts: torch.Tensor, top_k: int, scoring: str) -> torch.Tensor:
+def load_balance_loss(scores: torch.Tensor, counts: torch.Tensor, top_k: int, scoring: str,
+                      mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Switch/GShard loss E * sum_i f_i * P_i over all N tokens of the batch (not per sequence).
 
     f_i = counts_i / (N*K) is the fraction of token slots sent to expert i (no gradient);
     P_i is the mean routing probability of expert i (sigmoid scores are normalised per token).
+    mask: optional (N,) float, 1 for the tokens that count (padding excluded); counts must match it.
     """
     probs = scores if scoring == "softmax" else scores / scores.sum(-1, keepdim=True)
-    n_tokens, n_experts = scores.shape
+    n_experts = scores.shape[-1]
+    n_tokens = scores.shape[0] if mask is None else mask.sum().clamp_min(1)
     f = counts.float() / (n_tokens * top_k)
-    return n_experts * (f * probs.float().mean(0)).sum()
+    p_mean = probs.float().mean(0) if mask is None else (probs.float() * mask[:, None]).sum(0) / n_tokens
+    return n_experts * (f * p_mean).sum()
 
 
-def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
-    return torch.logsumexp(logits.float(), dim=-1).pow(2).mean()
+def router_z_loss(logits: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    z2 = torch.logsumexp(logits.float(), dim=-1).pow(2)  # (N,)
+    return z2.mean() if mask is None else (z2 * mask).sum() / mask.sum().clamp_min(1)
 
 
 class MoE(nn.Module):
@@ -123,24 +128,31 @@ class MoE(nn.Module):
         # Token slots per expert since the last bias update (summed over micro-batches).
         self.register_buffer("tokens_per_expert", torch.zeros(cfg.n_routed_experts), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, MoEStats]:
+    def forward(self, x: torch.Tensor, token_mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, MoEStats]:
+        """x: (B, T, D). token_mask: optional (B, T) bool, the tokens that count in the expert loads, the
+        balance losses and the bias update (padding does not); every token is still computed."""
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])  # (N, D)
         r = self.gate(x2)
-        counts = torch.bincount(r.topk_idx.reshape(-1), minlength=self.cfg.n_routed_experts)  # (E,)
+        E, K = self.cfg.n_routed_experts, self.cfg.top_k
+        counts = torch.bincount(r.topk_idx.reshape(-1), minlength=E)  # (E,) token slots to dispatch
         y = self.experts(x2, r.topk_idx, r.topk_weight, counts)
         if self.shared_experts is not None:
             y = y + self.shared_experts(x2)
+        mask = None if token_mask is None else token_mask.reshape(-1).to(torch.float32)  # (N,)
+        if mask is not None:  # weighted bincount: no host sync, no shape change
+            counts = torch.bincount(r.topk_idx.reshape(-1), weights=mask.repeat_interleave(K), minlength=E)
         if self.training:
             self.tokens_per_expert += counts.to(self.tokens_per_expert.dtype)
         zero = x.new_zeros((), dtype=torch.float32)
         if not self.training:  # decoding and evaluation need no balance losses: keep them off that path
             return y.view(shape), MoEStats(zero, zero, counts, r.topk_idx, r.topk_weight, zero)
-        aux = load_balance_loss(r.scores, counts, self.cfg.top_k, self.cfg.scoring) if self.cfg.use_aux_loss else zero
-        z = router_z_loss(r.logits) if self.cfg.use_z_loss else zero
+        aux = load_balance_loss(r.scores, counts, K, self.cfg.scoring, mask) if self.cfg.use_aux_loss else zero
+        z = router_z_loss(r.logits, mask) if self.cfg.use_z_loss else zero
         with torch.no_grad():
             p = r.scores / r.scores.sum(-1, keepdim=True)
-            entropy = -(p * p.clamp_min(1e-12).log()).sum(-1).mean()
+            ent = -(p * p.clamp_min(1e-12).log()).sum(-1)  # (N,)
+            entropy = ent.mean() if mask is None else (ent * mask).sum() / mask.sum().clamp_min(1)
         return y.view(shape), MoEStats(aux, z, counts.detach(), r.topk_idx.detach(), r.topk_weight.detach(), entropy)
 
     @torch.no_grad()

@@ -60,11 +60,14 @@ class MoETransformer(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, cache: Optional[KVCache] = None,
                 positions: Optional[torch.Tensor] = None, attn_mask: Optional[torch.Tensor] = None,
-                logits_at: Optional[torch.Tensor] = None, return_hidden: bool = False) -> ModelOutput:
+                logits_at: Optional[torch.Tensor] = None, return_hidden: bool = False,
+                token_mask: Optional[torch.Tensor] = None) -> ModelOutput:
         """input_ids: (B, T). With a cache, positions default to continuing after the cached tokens.
 
         logits_at: optional (B, T) bool mask; logits are then computed only there, shape (M, V)
         (training skips the LM head on padding).
+        token_mask: optional (B, T) bool, the tokens that count in routing statistics and balance losses
+        (training passes the loss mask, so padding skews neither the balance nor the router bias update).
         """
         B, T = input_ids.shape
         if positions is None:
@@ -79,7 +82,7 @@ class MoETransformer(nn.Module):
         x = self.dropout(self.embed_tokens(input_ids))  # (B, T, D)
         stats, hidden = [], []
         for layer in self.layers:
-            x, s = layer(x, cos, sin, cache, attn_mask)
+            x, s = layer(x, cos, sin, cache, attn_mask, token_mask)
             if s is not None:
                 stats.append(s)
             if return_hidden:

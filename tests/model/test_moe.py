@@ -118,3 +118,23 @@ def test_aux_loss_gradient_pushes_probability_off_overloaded_expert():
     loss = load_balance_loss(logits.softmax(-1), torch.tensor([2, 0]), top_k=1, scoring="softmax")
     loss.backward()
     assert (logits.grad[:, 0] > 0).all()  # gradient descent lowers expert 0's logit
+
+
+@pytest.mark.parametrize("scoring", ["softmax", "sigmoid"])
+def test_masked_tokens_do_not_count_in_loads_losses_or_bias_update(scoring):
+    torch.manual_seed(0)
+    moe = _init(MoE(tiny_model_config(scoring=scoring))).train()
+    x = torch.randn(1, 6, moe.cfg.d_model)
+    pad = torch.randn(1, 4, moe.cfg.d_model) * 3  # padding that would route somewhere
+    y_ref, ref = moe(x)
+    load_ref = moe.tokens_per_expert.clone()
+    moe.tokens_per_expert.zero_()
+    mask = torch.tensor([[True] * 6 + [False] * 4])
+    y, got = moe(torch.cat([x, pad], dim=1), token_mask=mask)
+    torch.testing.assert_close(y[:, :6], y_ref)  # every token is still computed
+    assert got.expert_counts.tolist() == ref.expert_counts.float().tolist()
+    assert moe.tokens_per_expert.tolist() == load_ref.tolist()
+    for name in ("aux_loss", "z_loss", "router_entropy"):
+        torch.testing.assert_close(getattr(got, name), getattr(ref, name))
+    _, unmasked = moe(torch.cat([x, pad], dim=1))
+    assert not torch.allclose(unmasked.aux_loss, ref.aux_loss)  # the padding would have changed it
