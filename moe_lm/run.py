@@ -72,10 +72,22 @@ def checkpoint_dir(cfg: TrainConfig, out_dir: Path) -> Path:
     return Path(cfg.train.dir) if cfg.train.dir else out_dir / "checkpoints"
 
 
+def step_progress_bar():
+    """Lightning's Rich bar, titled with optimizer steps: runs stop at max_steps, so its `Epoch 3/-2` says nothing."""
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    class StepProgressBar(RichProgressBar):
+        def _get_train_description(self, current_epoch: int) -> str:
+            desc = f"Epoch {current_epoch}, step {self.trainer.global_step}/{self.trainer.max_steps}"
+            return f"{desc:{len(self.validation_description)}}"
+
+    return StepProgressBar(leave=True)
+
+
 def build_trainer(cfg: TrainConfig, out_dir: Path, resume_from: str | None = None) -> L.Trainer:
     from datetime import timedelta
 
-    from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
     from moe_lm.checkpointing import AtomicCheckpointIO, SaveOnSignal
 
@@ -88,7 +100,7 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, resume_from: str | None = Non
         callbacks.append(ModelCheckpoint(dirpath=str(ckdir), save_last=True, save_top_k=0,
                                          train_time_interval=timedelta(minutes=ck.every_minutes)))
     if t.progress_bar:
-        callbacks.append(RichProgressBar(leave=True))
+        callbacks.append(step_progress_bar())
     validate = t.val_check_interval is not None
     return L.Trainer(
         max_steps=t.max_steps, max_epochs=-1, accelerator=t.accelerator, devices=t.devices, strategy=t.strategy,

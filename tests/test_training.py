@@ -119,3 +119,13 @@ def test_two_run_sweep_yields_a_two_row_report(tmp_path):
     rows = [ln for ln in out.splitlines() if ln.startswith("| ") and not ln.startswith("| run")]
     assert len(rows) == 2 and {r.split("|")[2].strip() for r in rows} == {"1", "2"}
     assert (sweep / "val_loss.png").stat().st_size > 1000
+
+
+def test_progress_bar_counts_optimizer_steps():
+    from types import SimpleNamespace
+
+    from moe_lm.run import step_progress_bar
+
+    bar = step_progress_bar()
+    bar._trainer = SimpleNamespace(global_step=300, max_steps=800)
+    assert bar._get_train_description(3).strip() == "Epoch 3, step 300/800"
