@@ -113,6 +113,10 @@ class SourceConfig:
     weight: float = 1.0  # share of the domain's token budget
     formatter: str = "text"  # moe_lm.data.formatters
     local_file: str = ""  # the same records as JSONL/parquet, relative to data.local_root
+    # Files of the hub repo to stream instead of its loading code, a glob relative to the repo root (e.g.
+    # data/train.us_bills.jsonl.xz). Needed where the repo still ships a loading script, which `datasets` >= 4
+    # refuses to run; the glob then picks the split and `config` is not used.
+    data_files: str = ""
 
 
 @dataclass

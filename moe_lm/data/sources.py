@@ -40,6 +40,19 @@ def read_records(path: str | Path) -> Iterator[Union[dict[str, Any], Skip]]:
             yield rec if isinstance(rec, dict) else Skip("record is not a JSON object")
 
 
+def hub_load_args(src: SourceConfig) -> tuple[tuple, dict[str, Any]]:
+    """`load_dataset` arguments for a source: the repo (its loading code), or its files through the generic
+    json/parquet builders, which never run a repo's loading script."""
+    if not src.data_files:
+        return (src.hub_id, src.config), {"split": src.split, "streaming": True}
+    name = src.data_files.lower()
+    builder = "parquet" if name.endswith(".parquet") else "json" if ".json" in name else None
+    if builder is None:
+        raise ValueError(f"data_files of {src.hub_id}: {src.data_files!r} is neither JSON lines nor parquet")
+    files = f"hf://datasets/{src.hub_id}/{src.data_files}"
+    return (builder,), {"data_files": files, "split": "train", "streaming": True}  # one glob = one "train" split
+
+
 def iter_hub(src: SourceConfig, retries: int = 5, backoff_s: float = 2.0) -> Iterator[dict[str, Any]]:
     """Stream a source from the HF hub, retrying the connection with exponential backoff.
 
@@ -50,7 +63,8 @@ def iter_hub(src: SourceConfig, retries: int = 5, backoff_s: float = 2.0) -> Ite
     done, attempt = 0, 0
     while True:
         try:
-            ds = load_dataset(src.hub_id, src.config, split=src.split, streaming=True)
+            args, kwargs = hub_load_args(src)
+            ds = load_dataset(*args, **kwargs)
             for i, row in enumerate(ds):
                 if i >= done:
                     done += 1

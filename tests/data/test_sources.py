@@ -39,3 +39,32 @@ def test_hub_stream_restarts_without_duplicates(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", stream)
     rows = list(sources.iter_hub(SourceConfig(hub_id="x/y"), retries=2, backoff_s=0.0))
     assert [r["text"] for r in rows] == ["0", "1", "2", "3", "4"]
+
+
+def test_script_repos_are_streamed_through_their_files():
+    args, kwargs = sources.hub_load_args(SourceConfig(hub_id="openai/gsm8k", config="main", split="test"))
+    assert args == ("openai/gsm8k", "main") and kwargs == {"split": "test", "streaming": True}
+    src = SourceConfig(hub_id="pile-of-law/pile-of-law", config="us_bills", data_files="data/train.us_bills.jsonl.xz")
+    args, kwargs = sources.hub_load_args(src)
+    assert args == ("json",)
+    assert kwargs == {"data_files": "hf://datasets/pile-of-law/pile-of-law/data/train.us_bills.jsonl.xz",
+                      "split": "train", "streaming": True}
+    src = SourceConfig(hub_id="deepmind/math_dataset", data_files="algebra__linear_1d/train-*.parquet")
+    assert sources.hub_load_args(src)[0] == ("parquet",)
+    with pytest.raises(ValueError, match="neither JSON lines nor parquet"):
+        sources.hub_load_args(SourceConfig(hub_id="x/y", data_files="data/train.tar.gz"))
+
+
+def test_compressed_json_lines_stream_through_the_generic_builder(tmp_path):
+    """What the hub path does with pile-of-law's .jsonl.xz files, on a local file of the same kind."""
+    import json
+    import lzma
+
+    from datasets import load_dataset
+
+    rows = [{"text": f"bill {i}", "url": f"u{i}"} for i in range(3)]
+    path = tmp_path / "train.us_bills.jsonl.xz"
+    path.write_bytes(lzma.compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
+    args, kwargs = sources.hub_load_args(SourceConfig(hub_id="x/y", data_files=path.name))
+    kwargs["data_files"] = str(path)  # the local file instead of hf://datasets/x/y/...
+    assert list(load_dataset(*args, **kwargs)) == rows
