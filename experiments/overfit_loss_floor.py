@@ -14,7 +14,7 @@ import math
 import sys
 from collections import Counter, defaultdict
 
-from moe_lm.data.text_lines import CircularWindows, encode_lines, line_stream, pack_lines, read_lines
+from moe_lm.data.text_lines import aligned_windows, encode_lines, line_stream, pack_lines, read_lines
 from moe_lm.data.tokenizer import eot_id, train_bpe
 
 
@@ -39,13 +39,12 @@ def main() -> None:
     tok = train_bpe(lines, 32000)
     samples = encode_lines(lines, tok, seq_len=1024)
     stream, eot = line_stream(lines, tok), eot_id(tok)
-    starts = [i for i, t in enumerate(stream) if t == eot]
     print(f"{len(lines)} lines, {sum(len(s) - 1 for s in samples)} target tokens; floor in nats per target token")
     print(f"| sampling | seq_len | samples | loss floor |\n|---|---|---|---|\n| lines | - | {len(samples)} | "
           f"{per_line_floor(samples):.4f} |")
     for seq_len in seq_lens:
         packed = pack_lines(samples, seq_len + 1, eot)
-        aligned = CircularWindows(stream, seq_len + 1, starts)
+        aligned = aligned_windows(stream, seq_len + 1, eot)
         print(f"| packed | {seq_len} | {len(packed)} | {per_line_floor(packed):.4f} |")
         print(f"| aligned | {seq_len} | {len(aligned)} | {per_line_floor([aligned[i] for i in range(len(aligned))]):.4f} |")
 

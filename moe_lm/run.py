@@ -11,6 +11,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import RichProgressBar
 from tokenizers import Tokenizer
 
 from moe_lm.config import ConfigError, TrainConfig
@@ -72,16 +73,12 @@ def checkpoint_dir(cfg: TrainConfig, out_dir: Path) -> Path:
     return Path(cfg.train.dir) if cfg.train.dir else out_dir / "checkpoints"
 
 
-def step_progress_bar():
+class StepProgressBar(RichProgressBar):
     """Lightning's Rich bar, titled with optimizer steps: runs stop at max_steps, so its `Epoch 3/-2` says nothing."""
-    from lightning.pytorch.callbacks import RichProgressBar
 
-    class StepProgressBar(RichProgressBar):
-        def _get_train_description(self, current_epoch: int) -> str:
-            desc = f"Epoch {current_epoch}, step {self.trainer.global_step}/{self.trainer.max_steps}"
-            return f"{desc:{len(self.validation_description)}}"
-
-    return StepProgressBar(leave=True)
+    def _get_train_description(self, current_epoch: int) -> str:
+        desc = f"Epoch {current_epoch}, step {self.trainer.global_step}/{self.trainer.max_steps}"
+        return f"{desc:{len(self.validation_description)}}"
 
 
 def build_trainer(cfg: TrainConfig, out_dir: Path, resume_from: str | None = None) -> L.Trainer:
@@ -100,7 +97,7 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, resume_from: str | None = Non
         callbacks.append(ModelCheckpoint(dirpath=str(ckdir), save_last=True, save_top_k=0,
                                          train_time_interval=timedelta(minutes=ck.every_minutes)))
     if t.progress_bar:
-        callbacks.append(step_progress_bar())
+        callbacks.append(StepProgressBar(leave=True))
     validate = t.val_check_interval is not None
     return L.Trainer(
         max_steps=t.max_steps, max_epochs=-1, accelerator=t.accelerator, devices=t.devices, strategy=t.strategy,

@@ -124,8 +124,8 @@ def test_two_run_sweep_yields_a_two_row_report(tmp_path):
 def test_progress_bar_counts_optimizer_steps():
     from types import SimpleNamespace
 
-    from moe_lm.run import step_progress_bar
+    from moe_lm.run import StepProgressBar
 
-    bar = step_progress_bar()
+    bar = StepProgressBar(leave=True)
     bar._trainer = SimpleNamespace(global_step=300, max_steps=800)
     assert bar._get_train_description(3).strip() == "Epoch 3, step 300/800"

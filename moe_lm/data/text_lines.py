@@ -69,6 +69,11 @@ class CircularWindows(Dataset):
         return self.stream[offset: offset + self.width].tolist()
 
 
+def aligned_windows(stream: list[int], width: int, eot: int) -> CircularWindows:
+    """The windows of the line stream that start at a line start (its `<|endoftext|>`), one per line."""
+    return CircularWindows(stream, width, [i for i, t in enumerate(stream) if t == eot])
+
+
 def pack_lines(samples: list[list[int]], max_len: int, eot: int) -> list[list[int]]:
     """Greedily concatenate whole samples (EOT + line + EOT) into chunks of at most max_len tokens."""
     chunks: list[list[int]] = []
@@ -119,10 +124,8 @@ class TextLinesDataModule(L.LightningDataModule):
             # Each token of the stream once, from consecutive windows (the last one wraps around).
             self.eval_set = [self.train_set[o] for o in range(0, len(stream), cfg.seq_len)]
         elif cfg.sampling == "aligned":
-            stream = line_stream(self.lines, tokenizer)
-            starts = [i for i, t in enumerate(stream) if t == self.pad_id]
-            self.train_set = CircularWindows(stream, cfg.seq_len + 1, starts)
-            self.eval_set = [self.train_set[i] for i in range(len(starts))]  # the whole training distribution
+            self.train_set = aligned_windows(line_stream(self.lines, tokenizer), cfg.seq_len + 1, self.pad_id)
+            self.eval_set = [self.train_set[i] for i in range(len(self.train_set))]  # the whole training distribution
         elif cfg.sampling == "packed":
             self.train_set = self.eval_set = pack_lines(self.line_samples, cfg.seq_len + 1, self.pad_id)
         else:

@@ -135,13 +135,16 @@ class MoE(nn.Module):
         x2 = x.reshape(-1, shape[-1])  # (N, D)
         r = self.gate(x2)
         E, K = self.cfg.n_routed_experts, self.cfg.top_k
-        counts = torch.bincount(r.topk_idx.reshape(-1), minlength=E)  # (E,) token slots to dispatch
-        y = self.experts(x2, r.topk_idx, r.topk_weight, counts)
+        mask = None if token_mask is None else token_mask.reshape(-1).to(torch.float32)  # (N,)
+        if mask is None:
+            counts = dispatch = torch.bincount(r.topk_idx.reshape(-1), minlength=E)  # (E,) token slots
+        else:  # masked tokens' slots go to bins E..2E-1: one integer bincount (deterministic, no host sync)
+            bins = r.topk_idx + E * (mask[:, None] == 0)  # (N, K)
+            both = torch.bincount(bins.reshape(-1), minlength=2 * E)  # (2E,)
+            counts, dispatch = both[:E], both[:E] + both[E:]  # counted slots; all slots, for dispatch
+        y = self.experts(x2, r.topk_idx, r.topk_weight, dispatch)
         if self.shared_experts is not None:
             y = y + self.shared_experts(x2)
-        mask = None if token_mask is None else token_mask.reshape(-1).to(torch.float32)  # (N,)
-        if mask is not None:  # weighted bincount: no host sync, no shape change
-            counts = torch.bincount(r.topk_idx.reshape(-1), weights=mask.repeat_interleave(K), minlength=E)
         if self.training:
             self.tokens_per_expert += counts.to(self.tokens_per_expert.dtype)
         zero = x.new_zeros((), dtype=torch.float32)
