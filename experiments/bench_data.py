@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from moe_lm.conf_utils import compose
-from moe_lm.data.datamodule import DomainDataModule
+from moe_lm.cli import compose
+from moe_lm.data.shards import DomainDataModule
 from moe_lm.model import MoETransformer
-from moe_lm.prepare import prepare
-from moe_lm.tokenizer import train_domain_tokenizer
+from moe_lm.data.prepare import prepare
+from moe_lm.data.tokenizer import train_domain_tokenizer
 
 
 def train_step_tokens_per_s(batch: int, seq: int, steps: int = 2) -> float:
@@ -51,7 +51,7 @@ def main() -> None:
                    "data.token_budget_range=[1000,50000000]", *[f"data.domains.{d}.token_budget={args.budget}" for d in domains],
                    f"prepare.out={work}/shards", f"prepare.tokenizer={work}/tokenizer.json", f"data.shards={work}/shards",
                    "data.seq_len=256", "data.batch_size=8", f"data.num_workers={args.workers}"])
-    tok, _ = train_domain_tokenizer(cfg)
+    tok, _ = train_domain_tokenizer(cfg.data, cfg.tokenizer)
     tok.save(str(work / "tokenizer.json"))
     t0 = time.perf_counter()
     metas = prepare(cfg)

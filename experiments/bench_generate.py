@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from moe_lm.conf_utils import compose
+from moe_lm.cli import compose
 from moe_lm.model import MoETransformer
 from moe_lm.model.cache import KVCache
 

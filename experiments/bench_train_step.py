@@ -3,7 +3,7 @@
     python experiments/bench_train_step.py [--batch 8] [--seq 256] [--steps 5] [--warmup 2] [--precision bf16]
 
 Runs full optimizer steps (forward, backward, clip, fused AdamW) on random tokens, both models in the same
-process, and prints tokens/s, MFU against the device peak (moe_lm.metrics) and the MoE/dense ratio.
+process, and prints tokens/s, MFU against the device peak (moe_lm.training.callbacks) and the MoE/dense ratio.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from moe_lm.conf_utils import compose
-from moe_lm.metrics import device_peak_flops
+from moe_lm.cli import compose
+from moe_lm.training.callbacks import device_peak_flops
 from moe_lm.model import MoETransformer
 from moe_lm.model.counting import param_breakdown, train_flops_per_token
 

@@ -1,16 +1,20 @@
 """Typed config schemas, one dataclass per Hydra config group.
 
-The schemas are registered in Hydra's ConfigStore as `base_config`, so a YAML key that does
-not exist in a schema, or a value of the wrong type, fails at compose time. Cross-field checks
-live in `__post_init__` and run when `train.py` converts the composed config with
-`OmegaConf.to_object`, i.e. before any data is read or any weight is allocated. Every error
-names the offending key (`model.n_heads`, `data.seq_len`, ...).
+The schemas are registered in Hydra's ConfigStore (`register_configs`): each command's primary YAML
+(`conf/config.yaml`, `conf/generate.yaml`, ...) and each `data` group YAML names its schema in its
+defaults list, so a YAML key that does not exist in a schema, or a value of the wrong type, fails at
+compose time. Cross-field checks live in `__post_init__` and run when `moe_lm.cli.compose` converts the
+composed config with `OmegaConf.to_object`, i.e. before any data is read or any weight is allocated.
+Every error names the offending key (`model.n_heads`, `data.seq_len`, ...). This module imports nothing
+of moe_lm.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from pathlib import Path
+from typing import Any, Dict, List, Optional
 
 
 class ConfigError(ValueError):
@@ -128,19 +132,46 @@ class DomainConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "text_lines"
-    # text_lines: each line of `path` is a document (see moe_lm/data/text_lines.py)
-    path: str = "moe_lm/resources/overfit_100_lines.txt"
-    # packed (whole lines per sample) | lines (one per sample) | windows (random offsets) | aligned (line starts)
-    sampling: str = "packed"
+    """Fields every data pipeline has; `data=<name>` picks one of the two schemas below."""
+
     seq_len: int = 64
     batch_size: int = 16
     num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.seq_len > 1, "data.seq_len", "must be > 1")
+        _check(self.batch_size > 0, "data.batch_size", "must be > 0")
+        _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+@dataclass
+class LinesDataConfig(DataConfig):
+    """`data=overfit_100_lines`: each line of a small text file is a document (moe_lm/data/text_lines.py)."""
+
+    path: str = ""
+    # packed (whole lines per sample) | lines (one per sample) | windows (random offsets) | aligned (line starts)
+    sampling: str = "packed"
     tokenizer_vocab_size: int = 32000  # target size of the BPE trained on the file
-    val_fraction: float = 0.0
-    # multi-domain data (data=domains)
-    source: str = "hub"  # hub (stream from the HF hub) | local (same schemas from data.local_root)
-    local_root: str = "../shared/data"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(bool(self.path), "data.path", "must name a text file")
+        _one_of(self.sampling, "data.sampling", ("packed", "lines", "windows", "aligned"))
+        _check(self.tokenizer_vocab_size >= 257, "data.tokenizer_vocab_size", "must be >= 257 (256 bytes + <|endoftext|>)")
+
+    def describe(self) -> str:
+        return Path(self.path).name
+
+
+@dataclass
+class DomainsDataConfig(DataConfig):
+    """`data=domains`: per-domain token shards written by `python -m moe_lm.prepare` (moe_lm/data/shards.py)."""
+
+    source: str = "hub"  # hub (stream from the HF hub) | local (same schemas under local_root)
+    local_root: str = ""
     domains: Dict[str, DomainConfig] = field(default_factory=dict)
     token_budget_range: List[int] = field(default_factory=lambda: [5_000_000, 50_000_000])
     shards: str = "data/shards"  # written by moe_lm.prepare
@@ -152,15 +183,13 @@ class DataConfig:
     val_batches_per_domain: int = 4
 
     def __post_init__(self) -> None:
-        _check(self.seq_len > 1, "data.seq_len", "must be > 1")
-        _one_of(self.sampling, "data.sampling", ("packed", "lines", "windows", "aligned"))
-        _check(self.batch_size > 0, "data.batch_size", "must be > 0")
-        _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
-        _check(0.0 <= self.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)")
+        super().__post_init__()
         _one_of(self.source, "data.source", ("hub", "local"))
         _one_of(self.mixture, "data.mixture", ("tokens", "temperature", "explicit"))
         _check(self.mixture_temperature > 0, "data.mixture_temperature", "must be > 0")
         _check(self.round_robin_steps >= 0, "data.round_robin_steps", "must be >= 0")
+        _check(self.val_batches_per_domain > 0, "data.val_batches_per_domain", "must be > 0")
+        _check(bool(self.domains), "data.domains", "needs at least one domain")
         if self.mixture == "explicit":
             _check(set(self.mixture_weights) == set(self.domains) and all(w >= 0 for w in self.mixture_weights.values())
                    and sum(self.mixture_weights.values()) > 0, "data.mixture_weights",
@@ -171,11 +200,11 @@ class DataConfig:
             _check(lo <= d.token_budget <= hi, key + ".token_budget",
                    f"{d.token_budget:,} is outside the accepted {lo:,}-{hi:,} tokens")
             _check(bool(d.sources), key + ".sources", "needs at least one source")
-            for i, src in enumerate(d.sources):
-                from moe_lm.data.formatters import FORMATTERS
-
-                _one_of(src.formatter, f"{key}.sources[{i}].formatter", tuple(FORMATTERS))
+            for i, src in enumerate(d.sources):  # formatter names are checked by moe_lm.data.formatters
                 _check(src.weight > 0, f"{key}.sources[{i}].weight", "must be > 0")
+
+    def describe(self) -> str:
+        return "domains (" + ", ".join(self.domains) + ")"
 
 
 @dataclass
@@ -189,7 +218,8 @@ class OptimizerConfig:
     fused: bool = True  # fused AdamW kernel where the device supports it
 
     def __post_init__(self) -> None:
-        _check(self.lr > 0, "optimizer.lr", "must be > 0")
+        _check(math.isfinite(self.lr) and self.lr > 0, "optimizer.lr", f"must be a finite number > 0, got {self.lr}")
+        _check(self.grad_clip >= 0, "optimizer.grad_clip", f"must be >= 0 (0 = off), got {self.grad_clip}")
         _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optimizer.betas",
                "must be two numbers in [0, 1)")
         _check(self.weight_decay >= 0, "optimizer.weight_decay", "must be >= 0")
@@ -298,7 +328,7 @@ class PrepareConfig:
 
 @dataclass
 class CheckpointConfig:
-    """`train.*`: where and when checkpoints are written, and where a run resumes from."""
+    """`checkpoint.*`: where and when checkpoints are written, and where a run resumes from."""
 
     resume: Optional[str] = None  # auto (this run's last.ckpt, if any) | PATH | null
     dir: str = ""  # empty = <out_dir>/checkpoints; e.g. a mounted Google Drive folder on Colab
@@ -306,45 +336,147 @@ class CheckpointConfig:
     every_minutes: float = 0.0  # wall-clock saves (Colab disconnects); 0 = off
 
     def __post_init__(self) -> None:
-        _check(self.every_n_steps >= 0, "train.every_n_steps", "must be >= 0")
-        _check(self.every_minutes >= 0, "train.every_minutes", "must be >= 0")
+        _check(self.every_n_steps >= 0, "checkpoint.every_n_steps", "must be >= 0")
+        _check(self.every_minutes >= 0, "checkpoint.every_minutes", "must be >= 0")
 
 
 @dataclass
 class EvalConfig:
-    """Post-training checks of the overfit demo."""
+    """Post-training checks of the overfit demo (moe_lm/eval/overfit.py)."""
 
     reproduce_lines: int = 0  # greedy-decode this many training lines from their prefix
     prompt_tokens: int = 8
+
+    def __post_init__(self) -> None:
+        _check(self.reproduce_lines >= 0, "eval.reproduce_lines", "must be >= 0")
+        _check(self.prompt_tokens > 0, "eval.prompt_tokens", "must be > 0")
+
+
+def resources_dir() -> Path:
+    """Files shipped inside the package (the overfit demo's text); found through the package, not the cwd."""
+    return Path(__file__).resolve().parent / "resources"
+
+
+@dataclass
+class PathsConfig:
+    """`paths.*`: where things are on this machine."""
+
+    data_root: str = "../shared/data"  # local copies of the upstream datasets (data.source=local)
+    resources: str = ""  # the package's resources folder (set by conf/paths/default.yaml)
 
 
 @dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    # LinesDataConfig or DomainsDataConfig: the YAML of the chosen `data` group names its schema
+    data: Any = None
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
-    train: CheckpointConfig = field(default_factory=CheckpointConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
     seed: int = 1337
-    out_dir: str = "runs/default"
+    out_dir: str = ""
 
     def __post_init__(self) -> None:
+        _check(isinstance(self.data, DataConfig), "data",
+               "choose a data group, e.g. data=overfit_100_lines or data=domains")
         _check(self.data.seq_len <= self.model.max_seq_len, "data.seq_len",
                f"{self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}")
-        _check(self.eval.prompt_tokens > 0, "eval.prompt_tokens", "must be > 0")
-        for name, d in self.data.domains.items():
+        for name, d in getattr(self.data, "domains", {}).items():
             _check(d.expert is None or 0 <= d.expert < self.model.n_routed_experts, f"data.domains.{name}.expert",
                    f"{d.expert} is not a routed expert of a model with {self.model.n_routed_experts}")
 
 
-def register_configs() -> None:
-    """Register the schema so YAML files are validated against it at compose time."""
-    from hydra.core.config_store import ConfigStore
+@dataclass
+class SamplingConfig:
+    """Decoding settings (moe_lm/inference/logits_processors.py)."""
 
-    ConfigStore.instance().store(name="base_config", node=TrainConfig)
+    max_new_tokens: int = 128
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # in (0, 1]; 1 = off
+    min_p: float = 0.0  # in [0, 1); relative to the top token's probability
+    epsilon: float = 0.0  # drop tokens with probability below epsilon
+    repetition_penalty: float = 1.0  # > 0; 1 = off
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    no_repeat_ngram_size: int = 0  # 0 = off
+    stop: List[str] = field(default_factory=list)
+    seed: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        def check(ok: bool, name: str, msg: str) -> None:
+            if not ok:
+                raise ConfigError(f"{name}: {msg}, got {getattr(self, name)!r}")
+
+        check(self.max_new_tokens > 0, "max_new_tokens", "must be > 0")
+        check(self.temperature >= 0, "temperature", "must be >= 0 (0 = greedy)")
+        check(self.top_k >= 0, "top_k", "must be >= 0 (0 = off)")
+        check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
+        check(0 <= self.min_p < 1, "min_p", "must be in [0, 1)")
+        check(0 <= self.epsilon < 1, "epsilon", "must be in [0, 1)")
+        check(self.repetition_penalty > 0, "repetition_penalty", "must be > 0 (1 = off)")
+        check(self.no_repeat_ngram_size >= 0, "no_repeat_ngram_size", "must be >= 0 (0 = off)")
+
+
+@dataclass
+class GenerateConfig(SamplingConfig):
+    """`python -m moe_lm.generate`: conf/generate.yaml."""
+
+    ckpt: str = ""
+    prompt: str = ""
+    chat: bool = False
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(bool(self.ckpt), "ckpt", "required, e.g. ckpt=runs/overfit_100_lines/checkpoints/final.ckpt")
+
+
+@dataclass
+class InspectConfig:
+    """`python -m moe_lm.inspect`: conf/inspect.yaml."""
+
+    ckpt: str = ""
+    prompt: str = ""
+    top: int = 5
+
+    def __post_init__(self) -> None:
+        _check(bool(self.ckpt), "ckpt", "required, e.g. ckpt=runs/overfit_100_lines/checkpoints/final.ckpt")
+        _check(self.top > 0, "top", "must be > 0")
+
+
+@dataclass
+class ReportConfig:
+    """`python -m moe_lm.report`: conf/report.yaml."""
+
+    dir: str = ""  # a sweep directory holding one result.json per finished run
+
+    def __post_init__(self) -> None:
+        _check(bool(self.dir), "dir", "required: the sweep directory, e.g. dir=multirun/2026-01-01/12-00-00")
+
+
+# The primary config of each command, and the schemas the `data` group's YAMLs name in their defaults.
+SCHEMAS = {"train_schema": TrainConfig, "generate_schema": GenerateConfig, "inspect_schema": InspectConfig,
+           "report_schema": ReportConfig}
+DATA_SCHEMAS = {"lines_schema": LinesDataConfig, "domains_schema": DomainsDataConfig}
+
+
+def register_configs() -> None:
+    """Register the schemas so YAML files are validated against them at compose time."""
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    cs = ConfigStore.instance()
+    for name, node in SCHEMAS.items():
+        cs.store(name=name, node=node)
+    for name, node in DATA_SCHEMAS.items():
+        cs.store(group="data", name=name, node=node)
+    if not OmegaConf.has_resolver("moe_lm.resources"):
+        OmegaConf.register_new_resolver("moe_lm.resources", lambda: str(resources_dir()))

@@ -1,74 +1,25 @@
-"""Summarise a sweep: `python -m moe_lm.report SWEEP_DIR` -> SWEEP_DIR/report.md and SWEEP_DIR/val_loss.png.
+"""Summarise a sweep: `python -m moe_lm.report dir=SWEEP_DIR` -> SWEEP_DIR/report.md and SWEEP_DIR/val_loss.png.
 
-Reads every `result.json` below SWEEP_DIR (one per finished run) and writes a markdown table (params,
-active params, tokens, wall time, final train and val loss per run) and a plot of val loss against depth,
-one line per seq_len.
+Reads every `result.json` below SWEEP_DIR (one per finished run) and writes a markdown table (params, active
+params, tokens, wall time, final train and val loss per run) and a plot of val loss against depth, one line
+per seq_len (moe_lm/eval/report.py).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-
-def load_runs(sweep: Path) -> list[dict]:
-    runs = []
-    for f in sorted(sweep.rglob("result.json")):
-        r = json.loads(f.read_text())
-        r["run"] = str(f.parent.relative_to(sweep)) or "."
-        runs.append(r)
-    if not runs:
-        raise FileNotFoundError(f"SWEEP_DIR: no result.json below {sweep} (did the runs finish?)")
-    return sorted(runs, key=lambda r: (r.get("seq_len", 0), r.get("n_layers", 0)))
+from moe_lm.cli import run_command
+from moe_lm.config import ReportConfig
 
 
-def table(runs: list[dict]) -> str:
-    def num(x, fmt):
-        return format(x, fmt) if isinstance(x, (int, float)) else "-"
+def main(cfg: ReportConfig) -> None:
+    from moe_lm.eval.report import write_report
 
-    rows = ["| run | n_layers | seq_len | params | active params | tokens | wall (s) | train loss | val loss |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in runs:
-        rows.append(f"| {r['run']} | {r.get('n_layers', '-')} | {r.get('seq_len', '-')} | "
-                    f"{num(r.get('params'), ',')} | {num(r.get('active_params'), ',')} | {num(r.get('tokens'), ',')} | "
-                    f"{num(r.get('wall_s'), '.1f')} | {num(r.get('final_train_loss'), '.3f')} | "
-                    f"{num(r.get('val/loss'), '.3f')} |")
-    return "\n".join(rows)
-
-
-def plot(runs: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for seq in sorted({r.get("seq_len") for r in runs}):
-        pts = sorted((r["n_layers"], r["val/loss"]) for r in runs if r.get("seq_len") == seq and "val/loss" in r)
-        if pts:
-            ax.plot(*zip(*pts), marker="o", label=f"seq_len {seq}")
-    ax.set_xlabel("n_layers")
-    ax.set_ylabel("final val loss (nats/token)")
-    ax.set_title("depth x context sweep")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def main(argv: list[str]) -> None:
-    if len(argv) != 1:
-        raise ValueError("usage: python -m moe_lm.report SWEEP_DIR")
-    sweep = Path(argv[0])
-    runs = load_runs(sweep)
-    md = table(runs)
-    (sweep / "report.md").write_text(md + "\n")
-    plot(runs, sweep / "val_loss.png")
+    sweep = Path(cfg.dir)
+    md = write_report(sweep)
     print(md + f"\n\nwrote {sweep / 'report.md'} and {sweep / 'val_loss.png'}")
 
 
 if __name__ == "__main__":
-    from moe_lm.cli import run
-
-    run(main)
+    run_command(main, "report", __doc__)

@@ -1,4 +1,7 @@
-"""Train: `python -m moe_lm.train [+experiment=NAME] [overrides]` (Hydra; add -m for sweeps)."""
+"""Train: `python -m moe_lm.train [+experiment=NAME] [overrides]` (Hydra; add -m for sweeps, --cfg job to see all).
+
+Composes conf/config.yaml, validates it (moe_lm/config.py) before any work, and runs moe_lm/training/run.py.
+"""
 
 from __future__ import annotations
 
@@ -10,26 +13,24 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from moe_lm.checkpointing import CheckpointError
-from moe_lm.config import ConfigError, register_configs
-from moe_lm.conf_utils import to_train_config
+from moe_lm.cli import conf_dir, user_errors, validate
+from moe_lm.config import register_configs
 
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
 def main(dcfg: DictConfig) -> float | None:
     try:
-        cfg = to_train_config(dcfg)  # all cross-field checks, before any work
-        from moe_lm.run import train
+        cfg = validate(dcfg)  # all cross-field checks, before any work
+        from moe_lm.training.run import train
 
         hc = HydraConfig.get()
-        if not cfg.logger.group and hc.mode == RunMode.MULTIRUN:
-            cfg.logger.group = Path(hc.sweep.dir).name  # a multirun sweep is one wandb group
-        if not cfg.logger.name and hc.mode == RunMode.MULTIRUN:
-            cfg.logger.name = hc.job.override_dirname or str(hc.job.num)
+        if hc.mode == RunMode.MULTIRUN:  # a multirun sweep is one wandb group, each run named by its overrides
+            cfg.logger.group = cfg.logger.group or Path(hc.sweep.dir).name
+            cfg.logger.name = cfg.logger.name or hc.job.override_dirname or str(hc.job.num)
         result = train(cfg, cfg.out_dir or hc.runtime.output_dir)
-    except (ConfigError, FileNotFoundError, CheckpointError) as e:  # bad input: say what it is, exit cleanly
+    except user_errors() as e:  # bad input: say what it is, exit cleanly
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     return result.get("final_train_loss")

@@ -2,7 +2,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 
 from moe_lm.config import ConfigError
-from moe_lm.conf_utils import compose
+from moe_lm.cli import compose
 
 
 def test_default_config_composes_to_typed_schema():

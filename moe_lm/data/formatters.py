@@ -12,6 +12,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Union
 
+from moe_lm.config import ConfigError, DomainsDataConfig
+
 ROLE_TOKENS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
 
 
@@ -154,4 +156,13 @@ def format_records(name: str, rows: Iterable[dict[str, Any]]) -> Iterator[Format
         for row in rows:
             yield fn(row) if isinstance(row, dict) else Skip("record is not a JSON object")
     else:
-        raise ValueError(f"formatter: unknown {name!r}; one of {FORMATTERS}")
+        raise ConfigError(f"formatter: unknown {name!r}; one of {FORMATTERS}")
+
+
+def check_formatters(data: DomainsDataConfig) -> None:
+    """Every source names a known formatter (checked at start-up, before any work)."""
+    for name, domain in data.domains.items():
+        for i, src in enumerate(domain.sources):
+            if src.formatter not in FORMATTERS:
+                raise ConfigError(f"data.domains.{name}.sources[{i}].formatter: must be one of {FORMATTERS}, "
+                                  f"got {src.formatter!r}")

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Union
 
-from moe_lm.config import DataConfig, SourceConfig
+from moe_lm.config import ConfigError, DomainsDataConfig, SourceConfig
 from moe_lm.data.formatters import Skip
 
 
@@ -48,7 +48,7 @@ def hub_load_args(src: SourceConfig) -> tuple[tuple, dict[str, Any]]:
     name = src.data_files.lower()
     builder = "parquet" if name.endswith(".parquet") else "json" if ".json" in name else None
     if builder is None:
-        raise ValueError(f"data_files of {src.hub_id}: {src.data_files!r} is neither JSON lines nor parquet")
+        raise ConfigError(f"data_files of {src.hub_id}: {src.data_files!r} is neither JSON lines nor parquet")
     files = f"hf://datasets/{src.hub_id}/{src.data_files}"
     return (builder,), {"data_files": files, "split": "train", "streaming": True}  # one glob = one "train" split
 
@@ -73,12 +73,12 @@ def iter_hub(src: SourceConfig, retries: int = 5, backoff_s: float = 2.0) -> Ite
         except (ConnectionError, TimeoutError, OSError) as e:
             attempt += 1
             if attempt > retries:
-                raise RuntimeError(f"source {src.hub_id} ({src.config}, {src.split}): hub unreachable after "
+                raise ConnectionError(f"source {src.hub_id} ({src.config}, {src.split}): hub unreachable after "
                                    f"{retries} retries: {e}") from e
             time.sleep(backoff_s * 2 ** (attempt - 1))
 
 
-def iter_source(src: SourceConfig, data: DataConfig) -> Iterator[Union[dict[str, Any], Skip]]:
+def iter_source(src: SourceConfig, data: DomainsDataConfig) -> Iterator[Union[dict[str, Any], Skip]]:
     """The records of one source: streamed from the hub, or read from data.local_root with the same schema."""
     if data.source == "hub":
         return iter_hub(src)

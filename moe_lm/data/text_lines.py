@@ -29,7 +29,7 @@ import torch
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from moe_lm.config import DataConfig
+from moe_lm.config import ConfigError, LinesDataConfig
 from moe_lm.data.tokenizer import eot_id
 
 IGNORE_INDEX = -100
@@ -42,7 +42,7 @@ def read_lines(path: str | Path) -> list[str]:
     lines = [ln.rstrip("\n") for ln in p.read_text(encoding="utf-8").splitlines()]
     lines = [ln for ln in lines if ln.strip()]
     if not lines:
-        raise ValueError(f"data.path: {p} has no non-empty lines")
+        raise ConfigError(f"data.path: {p} has no non-empty lines")
     return lines
 
 
@@ -108,7 +108,7 @@ def collate(samples: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
 
 
 class TextLinesDataModule(L.LightningDataModule):
-    def __init__(self, cfg: DataConfig, tokenizer: Tokenizer, seed: int) -> None:
+    def __init__(self, cfg: LinesDataConfig, tokenizer: Tokenizer, seed: int) -> None:
         super().__init__()
         self.cfg = cfg
         self.tokenizer = tokenizer
@@ -119,7 +119,7 @@ class TextLinesDataModule(L.LightningDataModule):
         if cfg.sampling == "windows":
             stream = line_stream(self.lines, tokenizer)
             if len(stream) < cfg.seq_len + 1:
-                raise ValueError(f"data.seq_len: {cfg.seq_len} needs more than the {len(stream)} tokens in {cfg.path}")
+                raise ConfigError(f"data.seq_len: {cfg.seq_len} needs more than the {len(stream)} tokens in {cfg.path}")
             self.train_set: Dataset | list = CircularWindows(stream, cfg.seq_len + 1)
             # Each token of the stream once, from consecutive windows (the last one wraps around).
             self.eval_set = [self.train_set[o] for o in range(0, len(stream), cfg.seq_len)]

@@ -61,3 +61,25 @@ def train_flops_per_token(cfg: ModelConfig, parts: dict[str, int], seq_len: int)
         qk, v = cfg.head_dim, cfg.head_dim
     attn = 6 * cfg.n_layers * seq_len * cfg.n_heads * (qk + v)
     return 6.0 * matmul_params_per_token(cfg, parts) + attn
+
+
+def param_table(cfg: ModelConfig, seq_len: int) -> str:
+    """The parameter breakdown and training FLOPs per token as a text table (model built on the meta device)."""
+    import torch
+
+    from moe_lm.model.transformer import MoETransformer
+
+    with torch.device("meta"):  # count without allocating
+        model = MoETransformer(cfg)
+    parts = param_breakdown(model, cfg)
+    flops = train_flops_per_token(cfg, parts, seq_len)
+    total = parts["total"]
+    lines = [f"model {cfg.name}: {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.attention.upper()}, "
+             f"{cfg.n_routed_experts} routed experts (top-{cfg.top_k}), {cfg.n_shared_experts} shared", "",
+             f"{'part':<22}{'params':>14}{'share':>9}", "-" * 45]
+    for name, n in parts.items():
+        if name in ("dense_total", "total", "active_per_token"):
+            lines.append("-" * 45)
+        lines.append(f"{name:<22}{n:>14,}{100 * n / total:>8.1f}%")
+    lines += ["-" * 45, f"{'train FLOPs/token':<22}{flops:>14,.0f}  (seq_len {seq_len}, fwd+bwd)"]
+    return "\n".join(lines)

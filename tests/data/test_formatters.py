@@ -3,11 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from moe_lm.conf_utils import compose
+from moe_lm.cli import compose
 from moe_lm.data.formatters import ROLE_TOKENS, Skip, format_records, oasst1_threads
 from moe_lm.data.sources import read_records
-
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 def format_file(formatter: str, path: Path) -> tuple[int, Counter]:
@@ -25,19 +23,18 @@ def format_file(formatter: str, path: Path) -> tuple[int, Counter]:
     return docs, skipped
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason=f"sample data not found at {SHARED} (the shared/ folder)")
-def test_every_shared_record_formats_or_is_skipped_with_a_reason():
+def test_every_shared_record_formats_or_is_skipped_with_a_reason(shared_data):
     cfg = compose(["data=domains"])
     covered = set()
     for name, domain in cfg.data.domains.items():
         for src in domain.sources:
             if not src.local_file:
                 continue
-            path = SHARED / src.local_file
+            path = shared_data / src.local_file
             docs, skipped = format_file(src.formatter, path)
             assert docs > 0, f"{name}/{src.local_file}: nothing formatted ({dict(skipped)})"
             covered.add(path.resolve())
-    every = {p.resolve() for p in SHARED.glob("*/*.jsonl")}
+    every = {p.resolve() for p in shared_data.glob("*/*.jsonl")}
     assert every == covered, f"shared files without a source in conf/data/domains.yaml: {every - covered}"
 
 

@@ -15,7 +15,7 @@ def test_hub_errors_are_retried_then_fail_naming_the_source(monkeypatch):
 
     monkeypatch.setattr(datasets, "load_dataset", flaky)
     src = SourceConfig(hub_id="openai/gsm8k", config="main", split="train")
-    with pytest.raises(RuntimeError, match="openai/gsm8k.*after 3 retries"):
+    with pytest.raises(ConnectionError, match="openai/gsm8k.*after 3 retries"):
         list(sources.iter_hub(src, retries=3, backoff_s=0.0))
     assert len(calls) == 4
 

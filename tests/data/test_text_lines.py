@@ -53,14 +53,14 @@ def test_circular_windows_at_given_offsets_wrap_a_stream_shorter_than_the_window
 
 
 def test_aligned_samples_start_at_each_line_and_follow_file_order(tmp_path):
-    from moe_lm.config import DataConfig
+    from moe_lm.config import LinesDataConfig
     from moe_lm.data.text_lines import TextLinesDataModule
 
     lines = ["alpha beta gamma", "delta epsilon", "zeta eta theta iota"]
     (tmp_path / "t.txt").write_text("\n".join(lines) + "\n")
     tok = train_bpe(lines * 2, 300)
     eot = tok.token_to_id(EOT)
-    dm = TextLinesDataModule(DataConfig(path=str(tmp_path / "t.txt"), sampling="aligned", seq_len=12, batch_size=2),
+    dm = TextLinesDataModule(LinesDataConfig(path=str(tmp_path / "t.txt"), sampling="aligned", seq_len=12, batch_size=2),
                              tok, seed=0)
     assert len(dm.train_set) == len(dm.eval_set) == 3
     for i, sample in enumerate(dm.eval_set):

@@ -4,12 +4,11 @@ import torch
 from moe_lm.model import MoETransformer
 from moe_lm.model.cache import KVCache
 from moe_lm.model.layers import apply_rope, rope_cos_sin
-from tests.conftest import tiny_model_config
 
 
 @pytest.mark.parametrize("attention", ["mla", "gqa"])
-def test_changing_token_t_never_changes_earlier_logits(attention):
-    model = MoETransformer(tiny_model_config(attention=attention, use_aux_free_bias=False)).eval()
+def test_changing_token_t_never_changes_earlier_logits(attention, make_model_cfg):
+    model = MoETransformer(make_model_cfg(attention=attention, use_aux_free_bias=False)).eval()
     x = torch.randint(0, 101, (2, 24))
     t = 13
     y = x.clone()
@@ -42,8 +41,8 @@ def test_rope_preserves_norm():
 
 
 @pytest.mark.parametrize("attention,absorb", [("mla", True), ("mla", False), ("gqa", False)])
-def test_cached_decoding_equals_full_forward(attention, absorb):
-    cfg = tiny_model_config(attention=attention, mla_absorb=absorb)
+def test_cached_decoding_equals_full_forward(attention, absorb, make_model_cfg):
+    cfg = make_model_cfg(attention=attention, mla_absorb=absorb)
     model = MoETransformer(cfg).eval()
     x = torch.randint(0, 101, (2, 88))
     with torch.no_grad():
@@ -54,8 +53,8 @@ def test_cached_decoding_equals_full_forward(attention, absorb):
     torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-4, rtol=1e-4)
 
 
-def test_mla_cache_holds_only_latent_and_rope_key():
-    cfg = tiny_model_config()
+def test_mla_cache_holds_only_latent_and_rope_key(make_model_cfg):
+    cfg = make_model_cfg()
     model = MoETransformer(cfg).eval()
     cache = KVCache(cfg.n_layers)
     with torch.no_grad():

@@ -6,13 +6,12 @@ import pytest
 import torch
 
 from moe_lm.model import MoETransformer
-from tests.conftest import tiny_model_config
 
 
 @pytest.mark.slow
-def test_compiled_model_matches_eager_forward_and_gradients():
+def test_compiled_model_matches_eager_forward_and_gradients(make_model_cfg):
     torch.manual_seed(0)
-    eager = MoETransformer(tiny_model_config())
+    eager = MoETransformer(make_model_cfg())
     compiled = copy.deepcopy(eager)
     compiled.compile()
     x = torch.randint(0, eager.cfg.vocab_size, (2, 16))

@@ -3,17 +3,16 @@
 import pytest
 import torch
 
-from moe_lm.export_hf import hf_config_kwargs, to_hf_state_dict
+from moe_lm.model.hf_mapping import hf_config_kwargs, to_hf_state_dict
 from moe_lm.model import MoETransformer
-from tests.conftest import tiny_model_config
 
 transformers = pytest.importorskip("transformers", reason="transformers is a test extra: pip install -e '.[dev]'")
 
 
 @pytest.mark.parametrize("scoring,q_lora_rank", [("sigmoid", None), ("sigmoid", 24), ("softmax", None), ("softmax", 24)])
-def test_logits_match_hf_deepseek(scoring, q_lora_rank):
+def test_logits_match_hf_deepseek(scoring, q_lora_rank, make_model_cfg):
     sigmoid = scoring == "sigmoid"
-    cfg = tiny_model_config(n_layers=3, first_k_dense=1, scoring=scoring, q_lora_rank=q_lora_rank,
+    cfg = make_model_cfg(n_layers=3, first_k_dense=1, scoring=scoring, q_lora_rank=q_lora_rank,
                             norm_topk_prob=sigmoid, tie_embeddings=False, routed_scaling_factor=1.5 if sigmoid else 1.0)
     model = MoETransformer(cfg).eval()
     if sigmoid:  # DeepseekV3 also applies the aux-free selection bias

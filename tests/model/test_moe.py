@@ -5,7 +5,6 @@ import torch
 import torch.nn.functional as F
 
 from moe_lm.model.moe import MoE, load_balance_loss, router_z_loss
-from tests.conftest import tiny_model_config
 
 
 def naive_moe(moe: MoE, x: torch.Tensor) -> torch.Tensor:
@@ -36,8 +35,8 @@ def _init(moe: MoE) -> MoE:
 
 @pytest.mark.parametrize("scoring", ["softmax", "sigmoid"])
 @pytest.mark.parametrize("norm", [True, False])
-def test_vectorised_moe_matches_naive_reference(scoring, norm):
-    moe = _init(MoE(tiny_model_config(scoring=scoring, norm_topk_prob=norm))).eval()
+def test_vectorised_moe_matches_naive_reference(scoring, norm, make_model_cfg):
+    moe = _init(MoE(make_model_cfg(scoring=scoring, norm_topk_prob=norm))).eval()
     x = torch.randn(3, 7, 64)
     y, stats = moe(x)
     ref = naive_moe(moe, x.reshape(-1, 64)).view_as(x)
@@ -45,8 +44,8 @@ def test_vectorised_moe_matches_naive_reference(scoring, norm):
     assert stats.expert_counts.sum() == 21 * 2  # every token sent to exactly top_k experts
 
 
-def test_every_expert_that_receives_tokens_receives_gradient():
-    moe = _init(MoE(tiny_model_config(n_routed_experts=5, top_k=2)))
+def test_every_expert_that_receives_tokens_receives_gradient(make_model_cfg):
+    moe = _init(MoE(make_model_cfg(n_routed_experts=5, top_k=2)))
     x = torch.randn(64, 64)
     y, stats = moe(x)
     y.pow(2).sum().backward()
@@ -56,8 +55,8 @@ def test_every_expert_that_receives_tokens_receives_gradient():
     assert moe.gate.weight.grad.abs().sum() > 0  # the router learns through the top-k weights
 
 
-def test_aux_free_bias_moves_skewed_router_toward_balance():
-    cfg = tiny_model_config(use_aux_free_bias=True, bias_update_rate=0.01, scoring="sigmoid")
+def test_aux_free_bias_moves_skewed_router_toward_balance(make_model_cfg):
+    cfg = make_model_cfg(use_aux_free_bias=True, bias_update_rate=0.01, scoring="sigmoid")
     moe = MoE(cfg)
     torch.nn.init.normal_(moe.gate.weight, std=0.02)
     with torch.no_grad():
@@ -83,8 +82,8 @@ def test_aux_free_bias_moves_skewed_router_toward_balance():
     assert moe.gate.e_score_correction_bias[0] < 0  # the overloaded expert was pushed down
 
 
-def test_bias_only_changes_selection_not_weights():
-    cfg = tiny_model_config(scoring="sigmoid", norm_topk_prob=False)
+def test_bias_only_changes_selection_not_weights(make_model_cfg):
+    cfg = make_model_cfg(scoring="sigmoid", norm_topk_prob=False)
     moe = _init(MoE(cfg))
     x = torch.randn(10, 64)
     r0 = moe.gate(x)
@@ -121,9 +120,9 @@ def test_aux_loss_gradient_pushes_probability_off_overloaded_expert():
 
 
 @pytest.mark.parametrize("scoring", ["softmax", "sigmoid"])
-def test_masked_tokens_do_not_count_in_loads_losses_or_bias_update(scoring):
+def test_masked_tokens_do_not_count_in_loads_losses_or_bias_update(scoring, make_model_cfg):
     torch.manual_seed(0)
-    moe = _init(MoE(tiny_model_config(scoring=scoring))).train()
+    moe = _init(MoE(make_model_cfg(scoring=scoring))).train()
     x = torch.randn(1, 6, moe.cfg.d_model)
     pad = torch.randn(1, 4, moe.cfg.d_model) * 3  # padding that would route somewhere
     y_ref, ref = moe(x)

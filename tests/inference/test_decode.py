@@ -1,0 +1,97 @@
+import pytest
+import torch
+
+from moe_lm.inference.decode import _left_pad, _prefill_mask, generate, generate_ids
+from moe_lm.model import MoETransformer
+from moe_lm.model.cache import KVCache
+from moe_lm.config import SamplingConfig
+
+
+@pytest.mark.parametrize("attention", ["mla", "gqa"])
+def test_padded_batch_with_cache_equals_each_prompt_alone(attention, make_model_cfg):
+    model = MoETransformer(make_model_cfg(attention=attention)).eval()
+    prompts = [[1, 2, 3, 4, 5, 6, 7], [8, 9], [10, 11, 12, 13]]
+    ids, valid = _left_pad(prompts, 0, torch.device("cpu"))
+    positions = (valid.long().cumsum(-1) - 1).clamp_min(0)
+    cache = KVCache(model.cfg.n_layers)
+    steps = [model(ids, cache=cache, positions=positions, attn_mask=_prefill_mask(valid)).logits[:, -1]]
+    nxt = torch.tensor([[20], [21], [22]])
+    pos = positions[:, -1:] + 1
+    seqs = [p[:] for p in prompts]
+    for step in range(64):
+        valid = torch.cat([valid, torch.ones(3, 1, dtype=torch.bool)], 1)
+        steps.append(model(nxt, cache=cache, positions=pos, attn_mask=valid[:, None, None, :]).logits[:, -1])
+        for i in range(3):
+            seqs[i].append(int(nxt[i]))
+        pos = pos + 1
+        nxt = (nxt * 7 + step) % 101
+    for i, p in enumerate(prompts):  # reference: full recomputation of each row alone, no cache
+        full = model(torch.tensor([seqs[i]])).logits[0]
+        ref = full[len(p) - 1:]  # logits after the prompt, then after each appended token
+        got = torch.stack([s[i] for s in steps])
+        torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_greedy_generation_matches_recompute_and_seed_reproduces(make_model_cfg):
+    model = MoETransformer(make_model_cfg()).eval()
+    prompt = [3, 1, 4, 1, 5]
+    (got,) = list(generate_ids(model, [prompt], SamplingConfig(max_new_tokens=20, temperature=0.0)))
+    seq = prompt[:]
+    for _ in range(20):
+        seq.append(int(model(torch.tensor([seq])).logits[0, -1].argmax()))
+    assert got == seq[len(prompt):]
+    cfg = SamplingConfig(max_new_tokens=15, temperature=1.0, seed=7)
+    a = list(generate_ids(model, [prompt, [2, 7]], cfg))
+    b = list(generate_ids(model, [prompt, [2, 7]], cfg))
+    assert a == b
+
+
+def test_text_api_with_stop_string(make_model_cfg):
+    from moe_lm.data.tokenizer import train_bpe
+
+    tok = train_bpe(["hello world, hello there. general kenobi!"] * 5, 300)
+    model = MoETransformer(make_model_cfg(vocab_size=tok.get_vocab_size())).eval()
+    outs = generate(model, tok, ["hello", "general kenobi"], max_new_tokens=12, temperature=0.0)
+    assert len(outs) == 2 and all(isinstance(o, str) for o in outs)
+    first = outs[0]
+    if len(first) > 1:
+        stop = first[1]
+        cut = generate(model, tok, ["hello"], max_new_tokens=12, temperature=0.0, stop=[stop])[0]
+        assert cut == first.split(stop)[0]
+
+
+def test_logit_lens_last_layer_equals_model_output_and_routing_is_reported(make_model_cfg):
+    from moe_lm.inference.logit_lens import logit_lens
+
+    cfg = make_model_cfg(n_layers=3, first_k_dense=1)
+    model = MoETransformer(cfg).eval()
+    ids = [1, 2, 3, 4]
+    lens, experts, weights = logit_lens(model, ids, top=5)
+    assert len(lens) == 3
+    probs = model(torch.tensor([ids])).logits[0].softmax(-1)
+    top_p, top_i = probs.topk(5, dim=-1)
+    torch.testing.assert_close(lens[-1][0], top_i)
+    torch.testing.assert_close(lens[-1][1], top_p)
+    assert experts.shape == (2, 4, cfg.top_k) and weights.shape == (2, 4, cfg.top_k)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4))  # normalised top-k weights
+
+
+def test_prompt_longer_than_context_is_truncated_with_a_warning(make_model_cfg):
+    model = MoETransformer(make_model_cfg(max_seq_len=32)).eval()
+    long_prompt = list(range(1, 41))
+    with pytest.warns(UserWarning, match="longer than the context"):
+        (out,) = list(generate_ids(model, [long_prompt], SamplingConfig(max_new_tokens=10, temperature=0.0)))
+    assert len(out) == 1  # 31 prompt tokens kept, one slot left before max context
+
+
+def test_chat_template_uses_role_tokens_or_plain_text():
+    from moe_lm.data.tokenizer import ROLE_TOKENS, SPECIAL_TOKENS, chat_text, train_bpe
+
+    msgs = [("user", "hi"), ("assistant", "hello"), ("user", "how are you?")]
+    plain = train_bpe(["hi hello how are you"] * 3, 300)
+    assert chat_text(msgs, plain) == "User: hi\nAssistant: hello\nUser: how are you?\nAssistant:"
+    roles = train_bpe(["hi hello how are you"] * 3, 300, SPECIAL_TOKENS + list(ROLE_TOKENS.values()))
+    text = chat_text(msgs, roles)
+    assert text == "<|user|>hi<|assistant|>hello<|user|>how are you?<|assistant|>"
+    ids = roles.encode(text).ids
+    assert ids.count(roles.token_to_id("<|assistant|>")) == 2  # role markers are single special tokens
