@@ -42,6 +42,11 @@ def tiny_cfg() -> ModelConfig:
 
 
 @pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     """../shared/data, or a skip that says it is absent."""
     if not SHARED_DATA.is_dir():

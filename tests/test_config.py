@@ -36,3 +36,45 @@ def test_wrong_type_fails_at_compose_time():
     with pytest.raises(ConfigCompositionException) as err:
         compose(["model.d_model=wide"])
     assert "d_model" in str(err.value) + str(err.value.__cause__)
+
+
+def test_every_schema_key_has_a_yaml_default_in_conf():
+    """`--cfg job` shows every setting: each group's default YAML names every key of its schema."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    from moe_lm.cli import conf_dir
+    from moe_lm.config import DATA_SCHEMAS, SCHEMAS, TrainConfig
+
+    conf = conf_dir()
+    defaults = [d for d in OmegaConf.load(conf / "config.yaml").defaults if isinstance(d, dict) or hasattr(d, "items")]
+    groups = {k: v for d in defaults for k, v in d.items()}
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for group, option in groups.items():
+        schema = fields[group].default_factory() if group != "data" else DATA_SCHEMAS["lines_schema"]
+        yaml = OmegaConf.load(conf / group / f"{option}.yaml")
+        missing = {f.name for f in dataclasses.fields(schema)} - set(yaml) - {"defaults"}
+        assert not missing, f"conf/{group}/{option}.yaml lacks {sorted(missing)}"
+    domains = OmegaConf.load(conf / "data" / "domains.yaml")
+    missing = {f.name for f in dataclasses.fields(DATA_SCHEMAS["domains_schema"])} - set(domains)
+    assert not missing, f"conf/data/domains.yaml lacks {sorted(missing)}"
+    for name in ("generate", "inspect", "report"):
+        yaml = OmegaConf.load(conf / f"{name}.yaml")
+        missing = {f.name for f in dataclasses.fields(SCHEMAS[f"{name}_schema"])} - set(yaml)
+        assert not missing, f"conf/{name}.yaml lacks {sorted(missing)}"
+
+
+def test_precision_auto_composes_and_resolves():
+    cfg = compose(["precision=auto"])
+    assert cfg.precision.name == "auto" and cfg.precision.lightning in ("bf16-mixed", "16-mixed")
+
+
+def test_data_groups_pick_their_schema():
+    from moe_lm.config import DomainsDataConfig, LinesDataConfig
+
+    lines, domains = compose(), compose(["data=domains"])
+    assert isinstance(lines.data, LinesDataConfig) and isinstance(domains.data, DomainsDataConfig)
+    assert lines.data.path.endswith("moe_lm/resources/overfit_100_lines.txt") and lines.data.path.startswith("/")
+    with pytest.raises(ConfigCompositionException):  # a key of the other pipeline is an unknown key
+        compose(["data.round_robin_steps=3"])

@@ -108,15 +108,22 @@ def generate(model: MoETransformer, tokenizer, prompts: list[str], **sampling) -
     return [cut_at_stop(tokenizer.decode(o), cfg.stop)[0] for o in generate_ids(model, ids, cfg, eot)]
 
 
+def stop_prefix_len(text: str, stops: Iterable[str]) -> int:
+    """Length of the longest end of `text` that could still grow into a stop string (held back while streaming)."""
+    return max((n for s in stops for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
+
+
 def stream_text(model: MoETransformer, tokenizer, prompt_ids: list[int], cfg: SamplingConfig, eos_id: Optional[int],
                 write: Callable[[str], Any]) -> str:
-    """Generate for one prompt, passing text to `write` as it is produced; stops at a stop string. -> the text."""
-    printed = ""
+    """Generate for one prompt, passing text to `write` as it is produced; stops at a stop string, of which
+    nothing is ever written (a possible beginning of one is held back until it is decided). -> the text."""
+    printed, text = "", ""
     for ids in generate_ids(model, [prompt_ids], cfg, eos_id, stream=True):
         text, stopped = cut_at_stop(tokenizer.decode(ids), cfg.stop)
-        write(text[len(printed):])
-        printed = text
         if stopped:
             break
-    write("\n")
-    return printed
+        safe = text[: len(text) - stop_prefix_len(text, cfg.stop)]
+        write(safe[len(printed):])
+        printed = safe
+    write(text[len(printed):] + "\n")
+    return text

@@ -95,3 +95,29 @@ def test_chat_template_uses_role_tokens_or_plain_text():
     assert text == "<|user|>hi<|assistant|>hello<|user|>how are you?<|assistant|>"
     ids = roles.encode(text).ids
     assert ids.count(roles.token_to_id("<|assistant|>")) == 2  # role markers are single special tokens
+
+
+def test_streaming_never_writes_any_part_of_a_stop_string(make_model_cfg):
+    from moe_lm.inference.decode import stop_prefix_len, stream_text
+
+    class Chars:  # one character per token id
+        def decode(self, ids):
+            return "".join(chr(97 + i % 26) for i in ids)
+
+    model = MoETransformer(make_model_cfg()).eval()
+    cfg = SamplingConfig(max_new_tokens=12, temperature=0)
+    full = Chars().decode(next(iter(generate_ids(model, [[1, 2, 3]], cfg))))
+    stop = full[5:8]
+    chunks = []
+    got = stream_text(model, Chars(), [1, 2, 3], SamplingConfig(max_new_tokens=12, temperature=0, stop=[stop]), None,
+                      chunks.append)
+    assert got == full[: full.index(stop)] and "".join(chunks) == got + "\n"
+    assert stop_prefix_len("abcli", ["liquor"]) == 2 and stop_prefix_len("abc", ["liquor"]) == 0
+
+
+def test_generation_runs_no_forward_whose_logits_are_discarded(make_model_cfg):
+    model = MoETransformer(make_model_cfg()).eval()
+    calls = []
+    model.register_forward_hook(lambda *a: calls.append(1))
+    (out,) = list(generate_ids(model, [[1, 2, 3]], SamplingConfig(max_new_tokens=5, temperature=0)))
+    assert len(out) == 5 and len(calls) == 1 + 4  # the prefill, then one forward per new token but the last

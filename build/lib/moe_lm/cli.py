@@ -1,0 +1,93 @@
+"""What every command shares: one argument style, one error handler, `--help`.
+
+Every command takes Hydra overrides (`key=value`, `group=option`, `+experiment=NAME`) composed against the
+YAML files in `conf/` and validated by the schemas in `moe_lm/config.py`. Bad input (an unknown key, an
+impossible value, a missing file or checkpoint) ends in one line on stderr and exit status 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from moe_lm.config import ConfigError, DomainsDataConfig, TrainConfig, register_configs
+from moe_lm.inference.checkpoint import CheckpointError
+
+
+def conf_dir() -> Path:
+    """`conf/` inside an installed package (a wheel ships it there), else the source checkout's `conf/`."""
+    package = Path(__file__).resolve().parent
+    installed = package / "conf"
+    return installed if installed.is_dir() else package.parent / "conf"
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input rather than a bug: reported in one line."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    return ConfigError, CheckpointError, FileNotFoundError, ConnectionError, HydraException, OmegaConfBaseException
+
+
+def validate(cfg: DictConfig) -> Any:
+    """DictConfig -> validated dataclasses: every `__post_init__` check, then the checks that need moe_lm.data."""
+    obj = OmegaConf.to_object(cfg)
+    if isinstance(obj, TrainConfig) and isinstance(obj.data, DomainsDataConfig):
+        from moe_lm.data.formatters import check_formatters
+
+        check_formatters(obj.data)
+    return obj
+
+
+def compose_raw(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=list(overrides))
+
+
+def compose(overrides: Sequence[str] = (), config_name: str = "config") -> Any:
+    """The validated config of a command (`config` = training, `generate`, `inspect`, `report`)."""
+    return validate(compose_raw(overrides, config_name))
+
+
+def split_text_args(argv: Sequence[str], text_keys: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """Free-text values (`prompt=...`) are taken verbatim, never parsed as Hydra override syntax."""
+    rest, texts = [], {}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key in text_keys:
+            texts[key] = value
+        else:
+            rest.append(arg)
+    return rest, texts
+
+
+def help_text(doc: str | None, config_name: str) -> str:
+    cfg = compose_raw((), config_name)
+    return (f"{(doc or '').strip()}\n\nConfig (`{config_name}`; override any key with key=value, a group with "
+            f"group=option):\n\n{OmegaConf.to_yaml(cfg, resolve=False)}")
+
+
+def run_command(main: Callable[[Any], None], config_name: str, doc: str | None, text_keys: Sequence[str] = (),
+                argv: Sequence[str] | None = None) -> None:
+    """Parse argv as overrides of `config_name`, validate, call `main(cfg)`; bad input exits 2 with one line."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if "--help" in argv or "-h" in argv:
+            print(help_text(doc, config_name))
+            return
+        overrides, texts = split_text_args(argv, text_keys)
+        cfg = compose(overrides, config_name)
+        for key, value in texts.items():
+            setattr(cfg, key, value)
+        main(cfg)
+    except user_errors() as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

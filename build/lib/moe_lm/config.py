@@ -1,0 +1,482 @@
+"""Typed config schemas, one dataclass per Hydra config group.
+
+The schemas are registered in Hydra's ConfigStore (`register_configs`): each command's primary YAML
+(`conf/config.yaml`, `conf/generate.yaml`, ...) and each `data` group YAML names its schema in its
+defaults list, so a YAML key that does not exist in a schema, or a value of the wrong type, fails at
+compose time. Cross-field checks live in `__post_init__` and run when `moe_lm.cli.compose` converts the
+composed config with `OmegaConf.to_object`, i.e. before any data is read or any weight is allocated.
+Every error names the offending key (`model.n_heads`, `data.seq_len`, ...). This module imports nothing
+of moe_lm.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+
+class ConfigError(ValueError):
+    """An impossible configuration; the message names the key."""
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+def _one_of(value: str, key: str, choices: tuple[str, ...]) -> None:
+    _check(value in choices, key, f"must be one of {list(choices)}, got {value!r}")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "moe_100m"
+    vocab_size: int = 32000
+    d_model: int = 512
+    n_layers: int = 12
+    n_heads: int = 8
+    max_seq_len: int = 1024
+    # attention: "mla" (DeepSeek-V2/V3 multi-head latent attention) or "gqa" (RoPE + n_kv_heads)
+    attention: str = "mla"
+    q_lora_rank: Optional[int] = None  # null = full query projection
+    kv_lora_rank: int = 256
+    qk_nope_head_dim: int = 64
+    qk_rope_head_dim: int = 32
+    v_head_dim: int = 64
+    mla_absorb: bool = True  # cached decoding attends in the latent space (weight absorption)
+    n_kv_heads: int = 2  # gqa only
+    head_dim: int = 64  # gqa only
+    rope_theta: float = 10000.0
+    # feed-forward
+    n_shared_experts: int = 2
+    n_routed_experts: int = 5
+    moe_intermediate_size: int = 576
+    top_k: int = 2
+    scoring: str = "softmax"  # softmax (DeepSeek-V2) | sigmoid (DeepSeek-V3)
+    norm_topk_prob: bool = True
+    routed_scaling_factor: float = 1.0
+    first_k_dense: int = 0  # the first k layers use a dense MLP
+    dense_intermediate_size: int = 2048
+    activation: str = "silu"  # silu -> SwiGLU, gelu -> GeGLU
+    # load balancing, each switchable
+    use_aux_loss: bool = True  # switch/GShard loss over all tokens of the batch
+    aux_loss_coef: float = 0.01
+    use_aux_free_bias: bool = True  # DeepSeek-V3 selection bias
+    bias_update_rate: float = 0.001
+    use_z_loss: bool = True
+    z_loss_coef: float = 0.001
+    # misc
+    tie_embeddings: bool = True
+    dropout: float = 0.0
+    init_std: float = 0.02
+    norm_eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        k = "model."
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len", "n_routed_experts",
+                     "moe_intermediate_size", "top_k"):
+            _check(getattr(self, name) > 0, k + name, "must be > 0")
+        _one_of(self.attention, k + "attention", ("mla", "gqa"))
+        _one_of(self.scoring, k + "scoring", ("softmax", "sigmoid"))
+        _one_of(self.activation, k + "activation", ("silu", "gelu"))
+        _check(self.top_k <= self.n_routed_experts, k + "top_k",
+               f"top_k={self.top_k} exceeds model.n_routed_experts={self.n_routed_experts}")
+        _check(self.n_shared_experts >= 0, k + "n_shared_experts", "must be >= 0")
+        _check(0 <= self.first_k_dense <= self.n_layers, k + "first_k_dense", "must be in [0, n_layers]")
+        _check(0.0 <= self.dropout < 1.0, k + "dropout", "must be in [0, 1)")
+        _check(self.init_std > 0, k + "init_std", "must be > 0")
+        if self.attention == "mla":
+            _check(self.qk_rope_head_dim % 2 == 0 and self.qk_rope_head_dim > 0, k + "qk_rope_head_dim",
+                   f"RoPE needs an even positive dim, got {self.qk_rope_head_dim}")
+            _check(self.kv_lora_rank > 0, k + "kv_lora_rank", "must be > 0")
+            _check(self.q_lora_rank is None or self.q_lora_rank > 0, k + "q_lora_rank", "must be null or > 0")
+            _check(self.qk_nope_head_dim > 0 and self.v_head_dim > 0, k + "qk_nope_head_dim",
+                   "qk_nope_head_dim and v_head_dim must be > 0")
+        else:
+            _check(self.head_dim % 2 == 0, k + "head_dim", f"RoPE needs an even head_dim, got {self.head_dim}")
+            _check(self.n_kv_heads > 0 and self.n_heads % self.n_kv_heads == 0, k + "n_kv_heads",
+                   f"n_heads={self.n_heads} must be divisible by n_kv_heads={self.n_kv_heads}")
+
+    @property
+    def qk_head_dim(self) -> int:
+        return self.qk_nope_head_dim + self.qk_rope_head_dim
+
+    def is_moe_layer(self, layer_idx: int) -> bool:
+        return layer_idx >= self.first_k_dense
+
+
+@dataclass
+class SourceConfig:
+    """One upstream dataset of a domain."""
+
+    hub_id: str = ""  # e.g. openai/gsm8k
+    config: Optional[str] = None  # HF config name, e.g. "main"
+    split: str = "train"
+    weight: float = 1.0  # share of the domain's token budget
+    formatter: str = "text"  # moe_lm.data.formatters
+    local_file: str = ""  # the same records as JSONL/parquet, relative to data.local_root
+    # Files of the hub repo to stream instead of its loading code, a glob relative to the repo root (e.g.
+    # data/train.us_bills.jsonl.xz). Needed where the repo still ships a loading script, which `datasets` >= 4
+    # refuses to run; the glob then picks the split and `config` is not used.
+    data_files: str = ""
+
+
+@dataclass
+class DomainConfig:
+    expert: Optional[int] = None  # routed expert it warm-starts; null = shared backbone only (web)
+    token_budget: int = 5_000_000
+    sources: List[SourceConfig] = field(default_factory=list)
+
+
+@dataclass
+class DataConfig:
+    """Fields every data pipeline has; `data=<name>` picks one of the two schemas below."""
+
+    seq_len: int = 64
+    batch_size: int = 16
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.seq_len > 1, "data.seq_len", "must be > 1")
+        _check(self.batch_size > 0, "data.batch_size", "must be > 0")
+        _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+@dataclass
+class LinesDataConfig(DataConfig):
+    """`data=overfit_100_lines`: each line of a small text file is a document (moe_lm/data/text_lines.py)."""
+
+    path: str = ""
+    # packed (whole lines per sample) | lines (one per sample) | windows (random offsets) | aligned (line starts)
+    sampling: str = "packed"
+    tokenizer_vocab_size: int = 32000  # target size of the BPE trained on the file
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(bool(self.path), "data.path", "must name a text file")
+        _one_of(self.sampling, "data.sampling", ("packed", "lines", "windows", "aligned"))
+        _check(self.tokenizer_vocab_size >= 257, "data.tokenizer_vocab_size", "must be >= 257 (256 bytes + <|endoftext|>)")
+
+    def describe(self) -> str:
+        return Path(self.path).name
+
+
+@dataclass
+class DomainsDataConfig(DataConfig):
+    """`data=domains`: per-domain token shards written by `python -m moe_lm.prepare` (moe_lm/data/shards.py)."""
+
+    source: str = "hub"  # hub (stream from the HF hub) | local (same schemas under local_root)
+    local_root: str = ""
+    domains: Dict[str, DomainConfig] = field(default_factory=dict)
+    token_budget_range: List[int] = field(default_factory=lambda: [5_000_000, 50_000_000])
+    shards: str = "data/shards"  # written by moe_lm.prepare
+    round_robin_steps: int = 0  # phase 1: optimizer steps of single-domain batches, cycling the expert domains
+    round_robin_web: bool = True  # interleave web batches in the round-robin cycle
+    mixture: str = "tokens"  # phase 2 weights: tokens (proportional) | temperature | explicit
+    mixture_temperature: float = 1.0  # p ~ tokens ** (1 / T)
+    mixture_weights: Dict[str, float] = field(default_factory=dict)  # for mixture=explicit
+    val_batches_per_domain: int = 4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _one_of(self.source, "data.source", ("hub", "local"))
+        _one_of(self.mixture, "data.mixture", ("tokens", "temperature", "explicit"))
+        _check(self.mixture_temperature > 0, "data.mixture_temperature", "must be > 0")
+        _check(self.round_robin_steps >= 0, "data.round_robin_steps", "must be >= 0")
+        _check(self.val_batches_per_domain > 0, "data.val_batches_per_domain", "must be > 0")
+        _check(bool(self.domains), "data.domains", "needs at least one domain")
+        if self.mixture == "explicit":
+            _check(set(self.mixture_weights) == set(self.domains) and all(w >= 0 for w in self.mixture_weights.values())
+                   and sum(self.mixture_weights.values()) > 0, "data.mixture_weights",
+                   f"needs a non-negative weight for each of {sorted(self.domains)}")
+        lo, hi = self.token_budget_range
+        for name, d in self.domains.items():
+            key = f"data.domains.{name}"
+            _check(lo <= d.token_budget <= hi, key + ".token_budget",
+                   f"{d.token_budget:,} is outside the accepted {lo:,}-{hi:,} tokens")
+            _check(bool(d.sources), key + ".sources", "needs at least one source")
+            for i, src in enumerate(d.sources):  # formatter names are checked by moe_lm.data.formatters
+                _check(src.weight > 0, f"{key}.sources[{i}].weight", "must be > 0")
+
+    def describe(self) -> str:
+        return "domains (" + ", ".join(self.domains) + ")"
+
+
+@dataclass
+class OptimizerConfig:
+    lr: float = 3e-4
+    weight_decay: float = 0.1
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    router_lr_mult: float = 1.0
+    grad_clip: float = 1.0
+    fused: bool = True  # fused AdamW kernel where the device supports it
+
+    def __post_init__(self) -> None:
+        _check(math.isfinite(self.lr) and self.lr > 0, "optimizer.lr", f"must be a finite number > 0, got {self.lr}")
+        _check(self.grad_clip >= 0, "optimizer.grad_clip", f"must be >= 0 (0 = off), got {self.grad_clip}")
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optimizer.betas",
+               "must be two numbers in [0, 1)")
+        _check(self.weight_decay >= 0, "optimizer.weight_decay", "must be >= 0")
+        _check(self.router_lr_mult > 0, "optimizer.router_lr_mult", "must be > 0")
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = "cosine"  # cosine (linear warmup + cosine) | constant | wsd (warmup-stable-decay)
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    decay_fraction: float = 0.2  # wsd: fraction of max_steps spent decaying
+
+    def __post_init__(self) -> None:
+        _one_of(self.name, "scheduler.name", ("cosine", "constant", "wsd"))
+        _check(self.warmup_steps >= 0, "scheduler.warmup_steps", "must be >= 0")
+        _check(0.0 <= self.min_lr_ratio <= 1.0, "scheduler.min_lr_ratio", "must be in [0, 1]")
+        _check(0.0 < self.decay_fraction <= 1.0, "scheduler.decay_fraction", "must be in (0, 1]")
+
+
+@dataclass
+class PrecisionConfig:
+    name: str = "bf16"  # bf16 -> bf16-mixed, fp16 -> 16-mixed, fp32 -> 32-true, auto -> bf16 unless a GPU lacks it
+
+    def __post_init__(self) -> None:
+        _one_of(self.name, "precision.name", ("bf16", "fp16", "fp32", "auto"))
+
+    @property
+    def resolved(self) -> str:
+        """`auto`: bf16 where the GPU supports it (or on CPU), fp16 on GPUs without bf16 (e.g. Colab's T4)."""
+        if self.name != "auto":
+            return self.name
+        import torch
+
+        if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+            return "fp16"
+        return "bf16"
+
+    @property
+    def lightning(self) -> str:
+        return {"bf16": "bf16-mixed", "fp16": "16-mixed", "fp32": "32-true"}[self.resolved]
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 1000
+    accumulate_grad_batches: int = 1
+    accelerator: str = "auto"
+    devices: str = "auto"
+    strategy: str = "auto"
+    log_every_n_steps: int = 10
+    val_check_interval: Optional[int] = None  # in optimizer steps; null = no validation loop
+    limit_val_batches: int = 8
+    fast_dev_run: bool = False
+    compile: bool = False  # torch.compile the model (CUDA)
+    deterministic: bool = False
+    peak_flops: Optional[float] = None  # per-device peak FLOP/s for MFU; null = look up the device
+    progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.max_steps > 0, "trainer.max_steps", "must be > 0")
+        _check(self.accumulate_grad_batches > 0, "trainer.accumulate_grad_batches", "must be > 0")
+
+
+@dataclass
+class LoggerConfig:
+    wandb: bool = False
+    wandb_mode: str = "offline"  # offline unless configured online
+    project: str = "moe_lm"
+    name: str = ""  # empty = the run directory's name
+    group: str = ""  # empty = the sweep's name under `-m` (one group per multirun), else none
+    csv: bool = True
+
+    def __post_init__(self) -> None:
+        _one_of(self.wandb_mode, "logger.wandb_mode", ("offline", "online", "disabled"))
+
+
+@dataclass
+class TokenizerConfig:
+    """`python -m moe_lm.tokenizer`: the multi-domain byte-level BPE."""
+
+    vocab_size: int = 32000
+    sample_bytes_per_domain: int = 2_000_000  # domain-balanced training sample
+    out: str = "data/tokenizer"  # writes tokenizer.json and tokenizer.meta.json here
+
+    def __post_init__(self) -> None:
+        _check(self.vocab_size >= 512, "tokenizer.vocab_size", "must be >= 512 (256 bytes + merges + specials)")
+        _check(self.sample_bytes_per_domain > 0, "tokenizer.sample_bytes_per_domain", "must be > 0")
+
+
+@dataclass
+class PrepareConfig:
+    """`python -m moe_lm.prepare`: token shards per domain."""
+
+    out: str = "data/shards"
+    tokenizer: str = "data/tokenizer/tokenizer.json"
+    val_fraction: float = 0.01  # share of documents (not tokens) held out
+    batch_documents: int = 256  # documents tokenised per batch (encode_batch runs on all cores)
+    checkpoint_every: int = 1024  # documents between progress checkpoints
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.val_fraction < 1.0, "prepare.val_fraction", "must be in [0, 1)")
+        _check(self.batch_documents > 0, "prepare.batch_documents", "must be > 0")
+        _check(self.checkpoint_every > 0, "prepare.checkpoint_every", "must be > 0")
+
+
+@dataclass
+class CheckpointConfig:
+    """`checkpoint.*`: where and when checkpoints are written, and where a run resumes from."""
+
+    resume: Optional[str] = None  # auto (this run's last.ckpt, if any) | PATH | null
+    dir: str = ""  # empty = <out_dir>/checkpoints; e.g. a mounted Google Drive folder on Colab
+    every_n_steps: int = 0  # 0 = off
+    every_minutes: float = 0.0  # wall-clock saves (Colab disconnects); 0 = off
+
+    def __post_init__(self) -> None:
+        _check(self.every_n_steps >= 0, "checkpoint.every_n_steps", "must be >= 0")
+        _check(self.every_minutes >= 0, "checkpoint.every_minutes", "must be >= 0")
+
+
+@dataclass
+class EvalConfig:
+    """Post-training checks of the overfit demo (moe_lm/eval/overfit.py)."""
+
+    reproduce_lines: int = 0  # greedy-decode this many training lines from their prefix
+    prompt_tokens: int = 8
+
+    def __post_init__(self) -> None:
+        _check(self.reproduce_lines >= 0, "eval.reproduce_lines", "must be >= 0")
+        _check(self.prompt_tokens > 0, "eval.prompt_tokens", "must be > 0")
+
+
+def resources_dir() -> Path:
+    """Files shipped inside the package (the overfit demo's text); found through the package, not the cwd."""
+    return Path(__file__).resolve().parent / "resources"
+
+
+@dataclass
+class PathsConfig:
+    """`paths.*`: where things are on this machine."""
+
+    data_root: str = "../shared/data"  # local copies of the upstream datasets (data.source=local)
+    resources: str = ""  # the package's resources folder (set by conf/paths/default.yaml)
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    # LinesDataConfig or DomainsDataConfig: the YAML of the chosen `data` group names its schema
+    data: Any = None
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    seed: int = 1337
+    out_dir: str = ""
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.data, DataConfig), "data",
+               "choose a data group, e.g. data=overfit_100_lines or data=domains")
+        _check(self.data.seq_len <= self.model.max_seq_len, "data.seq_len",
+               f"{self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}")
+        for name, d in getattr(self.data, "domains", {}).items():
+            _check(d.expert is None or 0 <= d.expert < self.model.n_routed_experts, f"data.domains.{name}.expert",
+                   f"{d.expert} is not a routed expert of a model with {self.model.n_routed_experts}")
+
+
+@dataclass
+class SamplingConfig:
+    """Decoding settings (moe_lm/inference/logits_processors.py)."""
+
+    max_new_tokens: int = 128
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # in (0, 1]; 1 = off
+    min_p: float = 0.0  # in [0, 1); relative to the top token's probability
+    epsilon: float = 0.0  # drop tokens with probability below epsilon
+    repetition_penalty: float = 1.0  # > 0; 1 = off
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    no_repeat_ngram_size: int = 0  # 0 = off
+    stop: List[str] = field(default_factory=list)
+    seed: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        def check(ok: bool, name: str, msg: str) -> None:
+            if not ok:
+                raise ConfigError(f"{name}: {msg}, got {getattr(self, name)!r}")
+
+        check(self.max_new_tokens > 0, "max_new_tokens", "must be > 0")
+        check(self.temperature >= 0, "temperature", "must be >= 0 (0 = greedy)")
+        check(self.top_k >= 0, "top_k", "must be >= 0 (0 = off)")
+        check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
+        check(0 <= self.min_p < 1, "min_p", "must be in [0, 1)")
+        check(0 <= self.epsilon < 1, "epsilon", "must be in [0, 1)")
+        check(self.repetition_penalty > 0, "repetition_penalty", "must be > 0 (1 = off)")
+        check(self.no_repeat_ngram_size >= 0, "no_repeat_ngram_size", "must be >= 0 (0 = off)")
+
+
+@dataclass
+class GenerateConfig(SamplingConfig):
+    """`python -m moe_lm.generate`: conf/generate.yaml."""
+
+    ckpt: str = ""
+    prompt: str = ""
+    chat: bool = False
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(bool(self.ckpt), "ckpt", "required, e.g. ckpt=runs/overfit_100_lines/checkpoints/final.ckpt")
+
+
+@dataclass
+class InspectConfig:
+    """`python -m moe_lm.inspect`: conf/inspect.yaml."""
+
+    ckpt: str = ""
+    prompt: str = ""
+    top: int = 5
+
+    def __post_init__(self) -> None:
+        _check(bool(self.ckpt), "ckpt", "required, e.g. ckpt=runs/overfit_100_lines/checkpoints/final.ckpt")
+        _check(self.top > 0, "top", "must be > 0")
+
+
+@dataclass
+class ReportConfig:
+    """`python -m moe_lm.report`: conf/report.yaml."""
+
+    dir: str = ""  # a sweep directory holding one result.json per finished run
+
+    def __post_init__(self) -> None:
+        _check(bool(self.dir), "dir", "required: the sweep directory, e.g. dir=multirun/2026-01-01/12-00-00")
+
+
+# The primary config of each command, and the schemas the `data` group's YAMLs name in their defaults.
+SCHEMAS = {"train_schema": TrainConfig, "generate_schema": GenerateConfig, "inspect_schema": InspectConfig,
+           "report_schema": ReportConfig}
+DATA_SCHEMAS = {"lines_schema": LinesDataConfig, "domains_schema": DomainsDataConfig}
+
+
+def register_configs() -> None:
+    """Register the schemas so YAML files are validated against them at compose time."""
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    cs = ConfigStore.instance()
+    for name, node in SCHEMAS.items():
+        cs.store(name=name, node=node)
+    for name, node in DATA_SCHEMAS.items():
+        cs.store(group="data", name=name, node=node)
+    if not OmegaConf.has_resolver("moe_lm.resources"):
+        OmegaConf.register_new_resolver("moe_lm.resources", lambda: str(resources_dir()))

@@ -1,0 +1,1 @@
+"""Data: tokenizer, datasets and Lightning data modules."""

@@ -1,0 +1,53 @@
+"""The two data pipelines, chosen by the type of `cfg.data`: tokenizer and LightningDataModule of a run.
+
+- `LinesDataConfig` (the overfit demo): a byte-level BPE trained on the text file itself at the start of the
+  run (saved as `<out>/tokenizer.json`), then `TextLinesDataModule`.
+- `DomainsDataConfig`: the multi-domain tokenizer at `prepare.tokenizer` (trained first when missing) and the
+  shards under `prepare.out` (prepared first where missing: prepare is idempotent), then `DomainDataModule`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+from tokenizers import Tokenizer
+
+from moe_lm.config import ConfigError, DomainsDataConfig, LinesDataConfig, TrainConfig
+
+
+def check_vocab(tok: Tokenizer, cfg: TrainConfig) -> Tokenizer:
+    if tok.get_vocab_size() > cfg.model.vocab_size:
+        raise ConfigError(f"model.vocab_size: {cfg.model.vocab_size} is smaller than the tokenizer's "
+                          f"{tok.get_vocab_size()} tokens")
+    return tok
+
+
+def lines_pipeline(cfg: TrainConfig, out_dir: Path) -> tuple[Tokenizer, L.LightningDataModule]:
+    from moe_lm.data.text_lines import TextLinesDataModule, read_lines
+    from moe_lm.data.tokenizer import train_bpe
+
+    tok = check_vocab(train_bpe(read_lines(cfg.data.path), cfg.data.tokenizer_vocab_size), cfg)
+    tok.save(str(out_dir / "tokenizer.json"))
+    return tok, TextLinesDataModule(cfg.data, tok, cfg.seed)
+
+
+def domains_pipeline(cfg: TrainConfig, out_dir: Path) -> tuple[Tokenizer, L.LightningDataModule]:
+    from moe_lm.data.prepare import prepare
+    from moe_lm.data.shards import DomainDataModule
+    from moe_lm.data.tokenizer import save_tokenizer, train_domain_tokenizer
+
+    tok_path = Path(cfg.prepare.tokenizer)
+    if not tok_path.is_file():
+        save_tokenizer(*train_domain_tokenizer(cfg.data, cfg.tokenizer), tok_path)
+    tok = check_vocab(Tokenizer.from_file(str(tok_path)), cfg)
+    prepare(cfg)  # idempotent: finished domains are skipped
+    return tok, DomainDataModule(cfg.data, cfg.seed, cfg.trainer.accumulate_grad_batches)
+
+
+def build_data(cfg: TrainConfig, out_dir: Path) -> tuple[Tokenizer, L.LightningDataModule]:
+    if isinstance(cfg.data, LinesDataConfig):
+        return lines_pipeline(cfg, out_dir)
+    if isinstance(cfg.data, DomainsDataConfig):
+        return domains_pipeline(cfg, out_dir)
+    raise ConfigError(f"data: unknown data config {type(cfg.data).__name__}")

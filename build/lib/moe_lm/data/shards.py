@@ -1,0 +1,130 @@
+"""LightningDataModule over the per-domain token shards written by `moe_lm.prepare`.
+
+Every training batch k is planned by `BatchPlan` from (seed, k) alone: its samples' domains (one domain per
+batch in the round-robin phase, drawn from the mixture weights after) and their window starts. A sample is
+seq_len + 1 consecutive tokens of that domain's `train.bin` (documents are already `<|endoftext|>`-separated),
+split into inputs and targets shifted by one. Batches carry their samples' domain ids and their index k;
+the state saved in checkpoints is the number of batches consumed (counted by the data module itself), so a
+resumed run sees exactly the batches an uninterrupted run would. Validation: a fixed set of windows per
+domain, one dataloader per domain.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from moe_lm.config import DomainsDataConfig
+from moe_lm.data.mixture import BatchPlan
+
+
+def load_shard_meta(cfg: DomainsDataConfig) -> dict[str, dict[str, Any]]:
+    metas = {}
+    for name in cfg.domains:
+        path = Path(cfg.shards) / name / "meta.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"data.shards: {path} not found; run python -m moe_lm.prepare first")
+        metas[name] = json.loads(path.read_text())
+    return metas
+
+
+class _Shards:
+    """Memory-maps opened lazily, once per process (DataLoader workers included)."""
+
+    def __init__(self, root: Path, names: list[str], split: str, dtypes: list[str]) -> None:
+        self.paths = [root / n / f"{split}.bin" for n in names]
+        self.dtypes = dtypes
+        self._maps: list[np.memmap] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_maps": None}
+
+    @property
+    def maps(self) -> list[np.memmap]:
+        if self._maps is None:
+            self._maps = [np.memmap(p, dtype=d, mode="r") if p.stat().st_size else np.zeros(0, dtype=d)
+                          for p, d in zip(self.paths, self.dtypes)]
+        return self._maps
+
+    def window(self, domain: int, start: int, width: int) -> np.ndarray:
+        return np.asarray(self.maps[domain][start:start + width], dtype=np.int64)
+
+
+def to_batch(windows: list[np.ndarray], domains: np.ndarray, batch_id: int) -> dict[str, torch.Tensor]:
+    x = torch.from_numpy(np.stack(windows))  # (B, T+1)
+    return {"input_ids": x[:, :-1].contiguous(), "targets": x[:, 1:].contiguous(),
+            "domain": torch.as_tensor(domains, dtype=torch.long), "batch_id": torch.tensor(batch_id)}
+
+
+class PlannedBatches(Dataset):
+    """Item k is the whole training batch k."""
+
+    def __init__(self, shards: _Shards, plan: BatchPlan) -> None:
+        self.shards, self.plan = shards, plan
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        domains, starts = self.plan.batch(k)
+        return to_batch([self.shards.window(int(d), int(s), self.plan.width) for d, s in zip(domains, starts)],
+                        domains, k)
+
+
+class CountFrom(Sampler[int]):
+    """k, k+1, k+2, ... without end (the Trainer stops at max_steps)."""
+
+    def __init__(self, start: int) -> None:
+        self.start = start
+
+    def __iter__(self) -> Iterator[int]:
+        k = self.start
+        while True:
+            yield k
+            k += 1
+
+
+class DomainDataModule(L.LightningDataModule):
+    def __init__(self, cfg: DomainsDataConfig, seed: int, accumulate: int = 1) -> None:
+        super().__init__()
+        self.cfg, self.seed, self.accumulate = cfg, seed, accumulate
+        self.names = list(cfg.domains)
+        self.consumed = 0  # training batches consumed so far (the resume state)
+        self.metas = load_shard_meta(cfg)
+        dtypes = [m["dtype"] for m in self.metas.values()]
+        root = Path(cfg.shards)
+        self.train_shards = _Shards(root, self.names, "train", dtypes)
+        self.val_shards = _Shards(root, self.names, "val", dtypes)
+        self.plan = BatchPlan(cfg, [m["tokens"]["train"] for m in self.metas.values()], seed, accumulate)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(PlannedBatches(self.train_shards, self.plan), batch_size=None,
+                          sampler=CountFrom(self.consumed), num_workers=self.cfg.num_workers,
+                          persistent_workers=self.cfg.num_workers > 0)
+
+    def val_batches(self, domain: int) -> list[dict[str, torch.Tensor]]:
+        """Non-overlapping windows from the start of the domain's val split (fixed for a run)."""
+        width, B = self.plan.width, self.cfg.batch_size
+        n = len(self.val_shards.maps[domain])
+        starts = list(range(0, n - width + 1, width))[: self.cfg.val_batches_per_domain * B]
+        return [to_batch([self.val_shards.window(domain, s, width) for s in starts[i:i + B]],
+                         np.full(len(starts[i:i + B]), domain), -1) for i in range(0, len(starts), B)]
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [DataLoader(self.val_batches(d), batch_size=None) for d in range(len(self.names))]
+
+    def on_before_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, torch.Tensor]:
+        """Count training batch k as consumed before its step runs: every checkpoint saved after the step (at batch
+        end, by any callback, on a signal) then resumes at batch k + 1. Validation batches carry batch_id -1."""
+        if int(batch["batch_id"]) >= 0:
+            self.consumed = int(batch["batch_id"]) + 1
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"consumed": self.consumed, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.consumed = int(state["consumed"])

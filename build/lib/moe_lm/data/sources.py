@@ -1,0 +1,87 @@
+"""Read local files with the upstream record schemas: JSONL (one object per line) or parquet.
+
+Malformed records are not fatal: a line that is not UTF-8 or not JSON comes back as a Skip with its reason,
+so the caller can count it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Iterator, Union
+
+from moe_lm.config import ConfigError, DomainsDataConfig, SourceConfig
+from moe_lm.data.formatters import Skip
+
+
+def read_records(path: str | Path) -> Iterator[Union[dict[str, Any], Skip]]:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"local source: no such file: {p}")
+    if p.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(p).iter_batches():
+            yield from batch.to_pylist()
+        return
+    with p.open("rb") as f:
+        for raw in f:
+            if not raw.strip():
+                continue
+            try:
+                rec = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                yield Skip("not UTF-8")
+                continue
+            except json.JSONDecodeError:
+                yield Skip("bad JSON")
+                continue
+            yield rec if isinstance(rec, dict) else Skip("record is not a JSON object")
+
+
+def hub_load_args(src: SourceConfig) -> tuple[tuple, dict[str, Any]]:
+    """`load_dataset` arguments for a source: the repo (its loading code), or its files through the generic
+    json/parquet builders, which never run a repo's loading script."""
+    if not src.data_files:
+        return (src.hub_id, src.config), {"split": src.split, "streaming": True}
+    name = src.data_files.lower()
+    builder = "parquet" if name.endswith(".parquet") else "json" if ".json" in name else None
+    if builder is None:
+        raise ConfigError(f"data_files of {src.hub_id}: {src.data_files!r} is neither JSON lines nor parquet")
+    files = f"hf://datasets/{src.hub_id}/{src.data_files}"
+    return (builder,), {"data_files": files, "split": "train", "streaming": True}  # one glob = one "train" split
+
+
+def iter_hub(src: SourceConfig, retries: int = 5, backoff_s: float = 2.0) -> Iterator[dict[str, Any]]:
+    """Stream a source from the HF hub, retrying the connection with exponential backoff.
+
+    A failure mid-stream restarts the stream and skips the rows already yielded.
+    """
+    from datasets import load_dataset
+
+    done, attempt = 0, 0
+    while True:
+        try:
+            args, kwargs = hub_load_args(src)
+            ds = load_dataset(*args, **kwargs)
+            for i, row in enumerate(ds):
+                if i >= done:
+                    done += 1
+                    yield row
+            return
+        except (ConnectionError, TimeoutError, OSError) as e:
+            attempt += 1
+            if attempt > retries:
+                raise ConnectionError(f"source {src.hub_id} ({src.config}, {src.split}): hub unreachable after "
+                                   f"{retries} retries: {e}") from e
+            time.sleep(backoff_s * 2 ** (attempt - 1))
+
+
+def iter_source(src: SourceConfig, data: DomainsDataConfig) -> Iterator[Union[dict[str, Any], Skip]]:
+    """The records of one source: streamed from the hub, or read from data.local_root with the same schema."""
+    if data.source == "hub":
+        return iter_hub(src)
+    if not src.local_file:
+        return iter(())
+    return read_records(Path(data.local_root) / src.local_file)

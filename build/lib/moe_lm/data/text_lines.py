@@ -1,0 +1,144 @@
+"""A small text file as training data, one document per line (the overfit demo).
+
+`data.sampling` picks how lines become samples:
+- `lines`: one line per sample, `<|endoftext|> line <|endoftext|>`, padded per batch (targets -100).
+  A sample cannot predict its line's first token from `<|endoftext|>` alone, so this leaves an
+  irreducible loss of about log(#lines) nats on every line start (~0.1 nats/token on the demo file).
+- `packed`: whole lines, in file order, packed greedily into samples of at most seq_len + 1 tokens;
+  with a short seq_len that is one or two lines per sample (no padding waste). Only a sample's first
+  line start is unpredictable; a long seq_len lets the model lean on the previous lines, and it then
+  fails to recall a line from its own first tokens.
+- `windows`: the lines, in file order and separated by `<|endoftext|>`, form one circular token
+  stream; each sample is a window of seq_len + 1 tokens at a uniformly random offset. Every line is
+  seen with every amount of left context, so the model learns to continue a line from its own first
+  tokens, and only a window's first few positions are ambiguous (the nanoGPT recipe).
+- `aligned`: windows of that circular stream that start at a line start (`<|endoftext|>`), one
+  per line. Each line is seen both from its own first tokens (as a sample's first line, exactly the
+  greedy-decode prompt) and after the previous lines; only a sample's first line start is ambiguous,
+  so the loss floor is about log(#lines) / seq_len nats per token. Few distinct samples (one per
+  line) make it fast to memorise.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import lightning as L
+import torch
+from tokenizers import Tokenizer
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+from moe_lm.config import ConfigError, LinesDataConfig
+from moe_lm.data.tokenizer import eot_id
+
+IGNORE_INDEX = -100
+
+
+def read_lines(path: str | Path) -> list[str]:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"data.path: no such file: {p.resolve()}")
+    lines = [ln.rstrip("\n") for ln in p.read_text(encoding="utf-8").splitlines()]
+    lines = [ln for ln in lines if ln.strip()]
+    if not lines:
+        raise ConfigError(f"data.path: {p} has no non-empty lines")
+    return lines
+
+
+def encode_lines(lines: list[str], tok: Tokenizer, seq_len: int) -> list[list[int]]:
+    """Each line as EOT + ids + EOT, cut to seq_len + 1 tokens (inputs and shifted targets)."""
+    eot = eot_id(tok)
+    return [([eot] + enc.ids + [eot])[: seq_len + 1] for enc in tok.encode_batch(lines)]
+
+
+class CircularWindows(Dataset):
+    """Windows of `width` tokens of a circular token stream, starting at `offsets` (default: every offset)."""
+
+    def __init__(self, stream: list[int], width: int, offsets: list[int] | None = None) -> None:
+        reps = -(-width // len(stream))  # wrap around (more than once for a short stream): every window is full
+        self.stream = torch.tensor(stream * (reps + 1))
+        self.offsets = list(range(len(stream))) if offsets is None else offsets
+        self.width = width
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def __getitem__(self, i: int) -> list[int]:
+        offset = self.offsets[i]
+        return self.stream[offset: offset + self.width].tolist()
+
+
+def aligned_windows(stream: list[int], width: int, eot: int) -> CircularWindows:
+    """The windows of the line stream that start at a line start (its `<|endoftext|>`), one per line."""
+    return CircularWindows(stream, width, [i for i, t in enumerate(stream) if t == eot])
+
+
+def pack_lines(samples: list[list[int]], max_len: int, eot: int) -> list[list[int]]:
+    """Greedily concatenate whole samples (EOT + line + EOT) into chunks of at most max_len tokens."""
+    chunks: list[list[int]] = []
+    cur: list[int] = []
+    for s in samples:
+        body = s[:-1] if s[-1] == eot else s  # the next sample's leading EOT separates them
+        if cur and len(cur) + len(body) + 1 > max_len:
+            chunks.append(cur + [eot])
+            cur = []
+        cur = cur + body
+    if cur:
+        chunks.append((cur + [eot])[:max_len])
+    return chunks
+
+
+def line_stream(lines: list[str], tok: Tokenizer) -> list[int]:
+    """EOT line EOT line ... in file order."""
+    eot = eot_id(tok)
+    return [t for enc in tok.encode_batch(lines) for t in [eot] + enc.ids]
+
+
+def collate(samples: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Pad to the longest sample; targets are inputs shifted left by one, padding ignored."""
+    width = max(len(s) for s in samples)
+    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(samples), width), dtype=torch.bool)
+    for i, s in enumerate(samples):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = True
+    targets = ids[:, 1:].masked_fill(~mask[:, 1:], IGNORE_INDEX)
+    return {"input_ids": ids[:, :-1].contiguous(), "targets": targets.contiguous()}
+
+
+class TextLinesDataModule(L.LightningDataModule):
+    def __init__(self, cfg: LinesDataConfig, tokenizer: Tokenizer, seed: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.seed = seed
+        self.lines = read_lines(cfg.path)
+        self.pad_id = eot_id(tokenizer)
+        self.line_samples = encode_lines(self.lines, tokenizer, cfg.seq_len)
+        if cfg.sampling == "windows":
+            stream = line_stream(self.lines, tokenizer)
+            if len(stream) < cfg.seq_len + 1:
+                raise ConfigError(f"data.seq_len: {cfg.seq_len} needs more than the {len(stream)} tokens in {cfg.path}")
+            self.train_set: Dataset | list = CircularWindows(stream, cfg.seq_len + 1)
+            # Each token of the stream once, from consecutive windows (the last one wraps around).
+            self.eval_set = [self.train_set[o] for o in range(0, len(stream), cfg.seq_len)]
+        elif cfg.sampling == "aligned":
+            self.train_set = aligned_windows(line_stream(self.lines, tokenizer), cfg.seq_len + 1, self.pad_id)
+            self.eval_set = [self.train_set[i] for i in range(len(self.train_set))]  # the whole training distribution
+        elif cfg.sampling == "packed":
+            self.train_set = self.eval_set = pack_lines(self.line_samples, cfg.seq_len + 1, self.pad_id)
+        else:
+            self.train_set = self.eval_set = self.line_samples
+
+    def _loader(self, data, sampler=None) -> DataLoader:
+        return DataLoader(data, batch_size=self.cfg.batch_size, sampler=sampler,
+                          collate_fn=partial(collate, pad_id=self.pad_id), num_workers=self.cfg.num_workers,
+                          persistent_workers=self.cfg.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        gen = torch.Generator().manual_seed(self.seed)
+        return self._loader(self.train_set, RandomSampler(self.train_set, generator=gen))
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.eval_set)

@@ -1,0 +1,1 @@
+"""Evaluation: routing statistics, the overfit demo checks, sweep reports and figures."""

@@ -1,0 +1,51 @@
+"""Figures: the routing heatmap and the loss curve."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def routing_heatmap(frac: torch.Tensor, domains: list[str], out_dir: str, step: int) -> Path:
+    """frac: (domains, experts) share of each domain's token slots per expert -> PNG path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(out_dir) / "routing" / f"heatmap_step{step:07d}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * frac.shape[1], 1.0 + 0.5 * len(domains)))
+    im = ax.imshow(frac.numpy(), cmap="viridis", vmin=0.0, vmax=max(0.5, float(frac.max())))
+    ax.set_xticks(range(frac.shape[1]), [f"E{e}" for e in range(frac.shape[1])])
+    ax.set_yticks(range(len(domains)), domains)
+    for i in range(frac.shape[0]):
+        for e in range(frac.shape[1]):
+            ax.text(e, i, f"{float(frac[i, e]):.2f}", ha="center", va="center", color="w", fontsize=8)
+    ax.set_title(f"share of each domain's tokens per expert (step {step})")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def loss_curve(history: list[tuple[int, float]], path: Path, title: str) -> None:
+    """(step, loss) pairs -> a PNG with a log-scale loss axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    steps, losses = zip(*history)
+    ax.plot(steps, losses)
+    ax.set_yscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("train loss (cross-entropy, nats)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

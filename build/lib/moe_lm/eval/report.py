@@ -1,0 +1,66 @@
+"""Summarise a sweep (the library behind `python -m moe_lm.report dir=SWEEP_DIR`).
+
+Reads every `result.json` below SWEEP_DIR (one per finished run) and writes a markdown table (params,
+active params, tokens, wall time, final train and val loss per run) and a plot of val loss against depth,
+one line per seq_len.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def load_runs(sweep: Path) -> list[dict]:
+    runs = []
+    for f in sorted(sweep.rglob("result.json")):
+        r = json.loads(f.read_text())
+        r["run"] = str(f.parent.relative_to(sweep)) or "."
+        runs.append(r)
+    if not runs:
+        raise FileNotFoundError(f"dir: no result.json below {sweep} (did the runs finish?)")
+    return sorted(runs, key=lambda r: (r.get("seq_len", 0), r.get("n_layers", 0)))
+
+
+def table(runs: list[dict]) -> str:
+    def num(x, fmt):
+        return format(x, fmt) if isinstance(x, (int, float)) else "-"
+
+    rows = ["| run | n_layers | seq_len | params | active params | tokens | wall (s) | train loss | val loss |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in runs:
+        rows.append(f"| {r['run']} | {r.get('n_layers', '-')} | {r.get('seq_len', '-')} | "
+                    f"{num(r.get('params'), ',')} | {num(r.get('active_params'), ',')} | {num(r.get('tokens'), ',')} | "
+                    f"{num(r.get('wall_s'), '.1f')} | {num(r.get('final_train_loss'), '.3f')} | "
+                    f"{num(r.get('val/loss'), '.3f')} |")
+    return "\n".join(rows)
+
+
+def plot(runs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for seq in sorted({r.get("seq_len") for r in runs}):
+        pts = sorted((r["n_layers"], r["val/loss"]) for r in runs if r.get("seq_len") == seq and "val/loss" in r)
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=f"seq_len {seq}")
+    ax.set_xlabel("n_layers")
+    ax.set_ylabel("final val loss (nats/token)")
+    ax.set_title("depth x context sweep")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(sweep: Path) -> str:
+    """SWEEP_DIR/report.md and SWEEP_DIR/val_loss.png; returns the markdown table."""
+    runs = load_runs(sweep)
+    md = table(runs)
+    (sweep / "report.md").write_text(md + "\n")
+    plot(runs, sweep / "val_loss.png")
+    return md

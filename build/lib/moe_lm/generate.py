@@ -1,0 +1,45 @@
+"""Generate from a checkpoint: `python -m moe_lm.generate ckpt=PATH prompt="..." [temperature=0.8 top_p=0.9 ...]`.
+
+Tokens are printed as they are produced (moe_lm/inference/decode.py, with the KV cache). `chat=true` runs a
+multi-turn chat from stdin. The prompt is taken verbatim (colons, quotes and all); every other key is a
+sampling setting of conf/generate.yaml.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import fields
+
+from moe_lm.cli import run_command
+from moe_lm.config import GenerateConfig, SamplingConfig
+
+
+def main(cfg: GenerateConfig) -> None:
+    from moe_lm.data.tokenizer import EOT, chat_text, has_chat_tokens
+    from moe_lm.inference.checkpoint import CheckpointError, load_model
+    from moe_lm.inference.decode import stream_text
+
+    model, tok, _ = load_model(cfg.ckpt, cfg.device)
+    if tok is None:
+        raise CheckpointError(f"ckpt: {cfg.ckpt} carries no tokenizer")
+    eot = tok.token_to_id(EOT)
+    sampling = SamplingConfig(**{f.name: getattr(cfg, f.name) for f in fields(SamplingConfig)})
+    write = sys.stdout.write
+    if not cfg.chat:
+        stream_text(model, tok, [eot] + tok.encode(cfg.prompt).ids, sampling, eot, write)
+        return
+    messages: list[tuple[str, str]] = []
+    kind = "role tokens" if has_chat_tokens(tok) else "plain-text template: this tokenizer has no role tokens"
+    print(f"chat ({kind}): type a message, an empty line to quit")
+    if has_chat_tokens(tok):  # a turn ends where the next role marker would start
+        sampling.stop = sorted(set(sampling.stop) | {"<|user|>"})
+    for line in sys.stdin:
+        if not line.strip():
+            break
+        messages.append(("user", line.strip()))
+        prompt = [eot] + tok.encode(chat_text(messages, tok)).ids
+        messages.append(("assistant", stream_text(model, tok, prompt, sampling, eot, write)))
+
+
+if __name__ == "__main__":
+    run_command(main, "generate", __doc__, text_keys=("prompt",))

@@ -1,0 +1,59 @@
+"""The one checkpoint loader, for inference and for resuming: safe (`weights_only=True`), checked, and clear
+about what is wrong. A checkpoint carries the run's resolved config and tokenizer, so it alone rebuilds both."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer
+
+from moe_lm.config import ModelConfig
+from moe_lm.model import MoETransformer
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the setting that pointed at it and says why."""
+
+
+def read_checkpoint(path: str | Path, key: str = "ckpt", map_location: Any = "cpu") -> dict[str, Any]:
+    """torch.load with weights_only=True; `key` is the setting that named the file (ckpt, checkpoint.resume)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{key}: no such checkpoint: {p}")
+    try:
+        return torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated or corrupt file, or not a checkpoint at all
+        raise CheckpointError(f"{key}: {p} is not a readable checkpoint ({type(e).__name__}: {e})") from e
+
+
+def load_checkpoint(path: str | Path, key: str = "ckpt") -> dict[str, Any]:
+    """A moe_lm checkpoint: readable, with weights and the run's config."""
+    ckpt = read_checkpoint(path, key)
+    for name in ("state_dict", "moe_lm_config"):
+        if name not in ckpt:
+            raise CheckpointError(f"{key}: {path} has no '{name}' (not written by moe_lm.train?)")
+    return ckpt
+
+
+def model_config_from(saved: dict[str, Any], key: str = "ckpt") -> ModelConfig:
+    """The ModelConfig a checkpoint was trained with; keys this version does not know are named."""
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(saved) - known)
+    if unknown:
+        raise CheckpointError(f"{key}: the checkpoint's model config has keys this version of moe_lm does not know: "
+                              f"{unknown} (written by a newer version?)")
+    return ModelConfig(**saved)
+
+
+def load_model(path: str | Path, device: str = "cpu") -> tuple[MoETransformer, Tokenizer | None, dict[str, Any]]:
+    """(model in eval mode, tokenizer or None, the run's config as a dict)."""
+    ckpt = load_checkpoint(path)
+    cfg = ckpt["moe_lm_config"]
+    model = MoETransformer(model_config_from(cfg["model"]))
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    model.load_state_dict(state)
+    tok = Tokenizer.from_str(ckpt["tokenizer_json"]) if "tokenizer_json" in ckpt else None
+    return model.to(device).eval(), tok, cfg

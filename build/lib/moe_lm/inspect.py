@@ -1,0 +1,25 @@
+"""Look inside a checkpoint: `python -m moe_lm.inspect ckpt=PATH prompt="..." [top=5]`.
+
+Prints the architecture and parameter table, then for every prompt token the top next-token predictions
+after every layer (logit lens) and the experts the token was routed to in every MoE layer, with their
+weights (moe_lm/inference/logit_lens.py). The prompt is taken verbatim (colons, quotes and all).
+"""
+
+from __future__ import annotations
+
+from moe_lm.cli import run_command
+from moe_lm.config import InspectConfig
+
+
+def main(cfg: InspectConfig) -> None:
+    from moe_lm.inference.checkpoint import CheckpointError, load_model
+    from moe_lm.inference.logit_lens import report
+
+    model, tok, _ = load_model(cfg.ckpt)
+    if tok is None:
+        raise CheckpointError(f"ckpt: {cfg.ckpt} carries no tokenizer")
+    print(report(model, tok, cfg.prompt, cfg.top))
+
+
+if __name__ == "__main__":
+    run_command(main, "inspect", __doc__, text_keys=("prompt",))

@@ -1,0 +1,113 @@
+"""Decoder-only MoE transformer: embed -> blocks -> final RMSNorm -> (tied) LM head.
+
+Shape legend: B batch, T time, D model width, V vocab, L MoE layers, E routed experts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from moe_lm.config import ModelConfig
+from moe_lm.model.block import Block
+from moe_lm.model.cache import KVCache
+from moe_lm.model.layers import RMSNorm, rope_cos_sin
+from moe_lm.model.moe import MoE
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor  # (B, T, V)
+    aux_loss: torch.Tensor  # scalar, mean over MoE layers (1.0 when balanced)
+    z_loss: torch.Tensor  # scalar, mean over MoE layers
+    expert_counts: Optional[torch.Tensor]  # (L, E) token slots per expert per MoE layer
+    topk_idx: Optional[torch.Tensor]  # (L, B*T, K) chosen experts per MoE layer
+    topk_weight: Optional[torch.Tensor] = None  # (L, B*T, K) their weights
+    hidden_states: Optional[list[torch.Tensor]] = None  # n_layers x (B, T, D), with return_hidden=True
+    router_entropy: Optional[torch.Tensor] = None  # scalar, mean over MoE layers
+
+
+class MoETransformer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.rope_dim = cfg.qk_rope_head_dim if cfg.attention == "mla" else cfg.head_dim
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Truncated-normal init (std from config); residual output projections scaled by 1/sqrt(2L)."""
+        std = self.cfg.init_std
+        for name, p in self.named_parameters():
+            if p.dim() < 2:
+                continue  # norm weights stay 1
+            scale = 1.0 / math.sqrt(2 * self.cfg.n_layers) if getattr(p, "is_residual_proj", False) else 1.0
+            nn.init.trunc_normal_(p, mean=0.0, std=std * scale, a=-3 * std * scale, b=3 * std * scale)
+
+    def moe_layers(self) -> list[MoE]:
+        return [layer.mlp for layer in self.layers if layer.is_moe]
+
+    def forward(self, input_ids: torch.Tensor, cache: Optional[KVCache] = None,
+                positions: Optional[torch.Tensor] = None, attn_mask: Optional[torch.Tensor] = None,
+                logits_at: Optional[torch.Tensor] = None, return_hidden: bool = False,
+                token_mask: Optional[torch.Tensor] = None) -> ModelOutput:
+        """input_ids: (B, T). With a cache, positions default to continuing after the cached tokens.
+
+        logits_at: optional (B, T) bool mask; logits are then computed only there, shape (M, V)
+        (training skips the LM head on padding).
+        token_mask: optional (B, T) bool, the tokens that count in routing statistics and balance losses
+        (training passes the loss mask, so padding skews neither the balance nor the router bias update).
+        """
+        B, T = input_ids.shape
+        if positions is None:
+            start = cache.seq_len if cache is not None else 0
+            positions = torch.arange(start, start + T, device=input_ids.device)  # (T,)
+        if attn_mask is None and cache is not None and cache.seq_len > 0 and T > 1:
+            S = cache.seq_len + T
+            attn_mask = torch.ones(T, S, dtype=torch.bool, device=input_ids.device).tril(S - T)
+        cos, sin = rope_cos_sin(positions, self.rope_dim, self.cfg.rope_theta)  # (T, R/2) or (B, T, R/2)
+        if cos.dim() == 3:
+            cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, T, R/2)
+        x = self.dropout(self.embed_tokens(input_ids))  # (B, T, D)
+        stats, hidden = [], []
+        for layer in self.layers:
+            x, s = layer(x, cos, sin, cache, attn_mask, token_mask)
+            if s is not None:
+                stats.append(s)
+            if return_hidden:
+                hidden.append(x)
+        if logits_at is not None:
+            x = x[logits_at]  # (M, D)
+        logits = self.lm_head(self.norm(x))  # (B, T, V) or (M, V)
+        zero = logits.new_zeros((), dtype=torch.float32)
+        hidden_states = hidden if return_hidden else None
+        if not stats:
+            return ModelOutput(logits, zero, zero, None, None, None, hidden_states)
+        aux = torch.stack([s.aux_loss for s in stats]).mean()
+        z = torch.stack([s.z_loss for s in stats]).mean()
+        counts = torch.stack([s.expert_counts for s in stats])  # (L, E)
+        topk = torch.stack([s.topk_idx for s in stats])  # (L, N, K)
+        weights = torch.stack([s.topk_weight for s in stats])  # (L, N, K)
+        entropy = torch.stack([s.router_entropy for s in stats]).mean()
+        return ModelOutput(logits, aux, z, counts, topk, weights, hidden_states, entropy)
+
+    @torch.no_grad()
+    def update_router_biases(self) -> None:
+        """Call once per optimizer step (after gradient accumulation)."""
+        if self.cfg.use_aux_free_bias:
+            for moe in self.moe_layers():
+                moe.update_bias(self.cfg.bias_update_rate)
+        else:
+            for moe in self.moe_layers():
+                moe.tokens_per_expert.zero_()

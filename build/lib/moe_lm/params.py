@@ -1,0 +1,20 @@
+"""Parameter table: `python -m moe_lm.params [overrides, e.g. model=moe_tiny model.n_layers=4 data.seq_len=256]`.
+
+Counts on the meta device (nothing allocated): parameters by part, dense total, total, active per token, and
+training FLOPs per token at `data.seq_len` (moe_lm/model/counting.py).
+"""
+
+from __future__ import annotations
+
+from moe_lm.cli import run_command
+from moe_lm.config import TrainConfig
+
+
+def main(cfg: TrainConfig) -> None:
+    from moe_lm.model.counting import param_table
+
+    print(param_table(cfg.model, cfg.data.seq_len))
+
+
+if __name__ == "__main__":
+    run_command(main, "config", __doc__)

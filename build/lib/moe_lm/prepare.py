@@ -1,0 +1,26 @@
+"""Token shards per domain: `python -m moe_lm.prepare data=domains data.source=hub|local [prepare.out=...]`.
+
+Streams each domain's sources (hub, or local files with the same schemas), tokenises them with
+`prepare.tokenizer` and writes `<prepare.out>/<domain>/{train,val}.bin` and `meta.json` until each
+domain's token budget (moe_lm/data/prepare.py). Re-running skips finished domains and resumes a
+killed run where its last progress checkpoint left off.
+"""
+
+from __future__ import annotations
+
+from moe_lm.cli import run_command
+from moe_lm.config import TrainConfig
+
+
+def main(cfg: TrainConfig) -> None:
+    from moe_lm.data.prepare import prepare
+
+    metas = prepare(cfg)
+    print("| domain | train tokens | val tokens | documents | skipped |\n|---|---:|---:|---:|---:|")
+    for name, m in metas.items():
+        print(f"| {name} | {m['tokens']['train']:,} | {m['tokens']['val']:,} | "
+              f"{sum(m['documents'].values()):,} | {sum(m['skipped'].values()):,} |")
+
+
+if __name__ == "__main__":
+    run_command(main, "config", __doc__)

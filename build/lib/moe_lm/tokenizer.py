@@ -1,0 +1,31 @@
+"""Train the multi-domain tokenizer: `python -m moe_lm.tokenizer data=domains data.source=local|hub [overrides]`.
+
+A byte-level BPE with `<|endoftext|>` and the chat role tokens, trained on a domain-balanced sample
+(moe_lm/data/tokenizer.py). Writes `tokenizer.json` and `tokenizer.meta.json` under `tokenizer.out` and
+prints bytes per token per domain.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from moe_lm.cli import run_command
+from moe_lm.config import ConfigError, DomainsDataConfig, TrainConfig
+
+
+def main(cfg: TrainConfig) -> None:
+    from moe_lm.data.tokenizer import save_tokenizer, train_domain_tokenizer
+
+    if not isinstance(cfg.data, DomainsDataConfig):
+        raise ConfigError("data: the tokenizer is trained on the multi-domain data group (data=domains)")
+    tok, meta = train_domain_tokenizer(cfg.data, cfg.tokenizer)
+    path = Path(cfg.tokenizer.out) / "tokenizer.json"
+    save_tokenizer(tok, meta, path)
+    print(f"vocab {meta['vocab_size']}, hash {meta['hash']} -> {path}\n")
+    print("| domain | documents | MB | bytes/token | round-trip failures |\n|---|---:|---:|---:|---:|")
+    for d, m in meta["domains"].items():
+        print(f"| {d} | {m['documents']:,} | {m['bytes'] / 1e6:.2f} | {m['bytes_per_token']:.2f} | {m['round_trip_failures']} |")
+
+
+if __name__ == "__main__":
+    run_command(main, "config", __doc__)

@@ -1,0 +1,40 @@
+"""Train: `python -m moe_lm.train [+experiment=NAME] [overrides]` (Hydra; add -m for sweeps, --cfg job to see all).
+
+Composes conf/config.yaml, validates it (moe_lm/config.py) before any work, and runs moe_lm/training/run.py.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from moe_lm.cli import conf_dir, user_errors, validate
+from moe_lm.config import register_configs
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
+def main(dcfg: DictConfig) -> float | None:
+    try:
+        cfg = validate(dcfg)  # all cross-field checks, before any work
+        from moe_lm.training.run import train
+
+        hc = HydraConfig.get()
+        if hc.mode == RunMode.MULTIRUN:  # a multirun sweep is one wandb group, each run named by its overrides
+            cfg.logger.group = cfg.logger.group or Path(hc.sweep.dir).name
+            cfg.logger.name = cfg.logger.name or hc.job.override_dirname or str(hc.job.num)
+        result = train(cfg, cfg.out_dir or hc.runtime.output_dir)
+    except user_errors() as e:  # bad input: say what it is, exit cleanly
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    return result.get("final_train_loss")
+
+
+if __name__ == "__main__":
+    main()

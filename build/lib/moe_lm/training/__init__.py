@@ -1,0 +1,1 @@
+"""Training with Lightning: the LightningModule, its callbacks, checkpointing and one run from config."""

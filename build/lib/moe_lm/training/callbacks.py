@@ -1,0 +1,109 @@
+"""Callbacks that watch training without changing it: the progress bar, throughput and MFU, the first batch
+decoded, and the loss curve."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import RichProgressBar
+
+from moe_lm.data.text_lines import IGNORE_INDEX
+
+# Dense bf16/fp16 tensor-core peak FLOP/s per device (no sparsity), from vendor data sheets.
+PEAK_FLOPS = {
+    "H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10G": 70e12,
+    "A10": 125e12, "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12, "T4": 65e12,
+}
+CPU_PEAK_FLOPS = 1e12  # nominal; set trainer.peak_flops for your machine
+UNKNOWN_GPU_PEAK_FLOPS = 312e12
+
+
+def device_peak_flops(device: torch.device, override: Optional[float] = None) -> float:
+    if override:
+        return override
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return next((flops for key, flops in PEAK_FLOPS.items() if key in name), UNKNOWN_GPU_PEAK_FLOPS)
+    return CPU_PEAK_FLOPS
+
+
+def at_optimizer_step(trainer: L.Trainer, batch_idx: int) -> bool:
+    """True on the last micro-batch of an optimizer step (after gradient accumulation)."""
+    return (batch_idx + 1) % trainer.accumulate_grad_batches == 0
+
+
+def is_log_step(trainer: L.Trainer) -> bool:
+    return trainer.global_step % max(1, trainer.log_every_n_steps) == 0
+
+
+class StepProgressBar(RichProgressBar):
+    """Lightning's Rich bar, titled with optimizer steps: runs stop at max_steps, so its `Epoch 3/-2` says nothing."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        desc = f"Epoch {current_epoch}, step {self.trainer.global_step}/{self.trainer.max_steps}"
+        return f"{desc:{len(self.validation_description)}}"
+
+
+class Throughput(L.Callback):
+    """`perf/tokens_per_s`, `perf/mfu` (against the device's peak) and `train/lr`, at logging steps."""
+
+    def __init__(self, flops_per_token: float, peak_flops: Optional[float] = None) -> None:
+        self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
+        self._t_last: Optional[float] = None
+        self._tokens = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._tokens += batch["input_ids"].numel()
+        if not at_optimizer_step(trainer, batch_idx) or not is_log_step(trainer):
+            return
+        now = time.perf_counter()
+        if self._t_last is not None:
+            tok_s = self._tokens * trainer.world_size / (now - self._t_last)
+            peak = device_peak_flops(pl_module.device, self.peak_flops) * trainer.world_size
+            pl_module.log_dict({"perf/tokens_per_s": tok_s, "perf/mfu": tok_s * self.flops_per_token / peak})
+        pl_module.log("train/lr", trainer.optimizers[0].param_groups[0]["lr"])
+        self._t_last, self._tokens = now, 0
+
+
+class FirstBatchPrinter(L.Callback):
+    """At step 0, decode sample 0 with its shifted targets (printed and sent to loggers with `log_text`), so an
+    off-by-one in slicing is visible at once."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tok = tokenizer
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step != 0 or batch_idx != 0:
+            return
+        ids = batch["input_ids"][0].tolist()
+        tgt = [t for t in batch["targets"][0].tolist() if t != IGNORE_INDEX]
+        rows = [(self.tok.id_to_token(i), self.tok.id_to_token(t)) for i, t in zip(ids, tgt)][:16]
+        pl_module.print("first batch, sample 0\n  input : " + repr(self.tok.decode(ids, skip_special_tokens=False))
+                        + "\n  target: " + repr(self.tok.decode(tgt, skip_special_tokens=False))
+                        + "\n  (input -> target) " + " ".join(f"{a!r}->{b!r}" for a, b in rows))
+        for logger in trainer.loggers:
+            if hasattr(logger, "log_text"):
+                logger.log_text(key="train/first_batch", columns=["input", "target"],
+                                data=[[self.tok.decode(ids), self.tok.decode(tgt)]])
+
+
+class LossCurve(L.Callback):
+    """(optimizer step, train cross-entropy) after every optimizer step; `loss_curve.png` at the end of fit."""
+
+    def __init__(self, path: Optional[Path], title: str) -> None:
+        self.path, self.title = path, title
+        self.history: list[tuple[int, float]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs: Any, batch, batch_idx) -> None:
+        if at_optimizer_step(trainer, batch_idx):
+            self.history.append((trainer.global_step, float(outputs["ce"])))
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if self.path is not None and self.history and trainer.is_global_zero:
+            from moe_lm.eval.plots import loss_curve
+
+            loss_curve(self.history, self.path, self.title)

@@ -1,0 +1,135 @@
+"""Checkpoints that are never lost: atomic writes, save on SIGTERM/SIGINT, RNG and wandb run id carried across a
+resume, `checkpoint.resume=auto|PATH`, and a resume check that refuses another architecture by name.
+
+Reading goes through the one loader, moe_lm/inference/checkpoint.py (weights_only=True).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_warn
+
+from moe_lm.config import ModelConfig
+from moe_lm.inference.checkpoint import CheckpointError, model_config_from, read_checkpoint
+
+RESUME_KEY = "checkpoint.resume"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write to `<name>.tmp`, fsync, then rename: a crash mid-write leaves the previous file intact."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def load_checkpoint(self, path, map_location: Optional[Any] = None, weights_only: Optional[bool] = None) -> dict:
+        return read_checkpoint(path, RESUME_KEY, map_location or "cpu")
+
+
+class SaveOnSignal(L.Callback):
+    """On SIGTERM/SIGINT: finish the current batch, save `last.ckpt`, stop cleanly."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.received = path, None
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum, frame) -> None:
+        self.received = signum
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handler)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.received is not None:
+            trainer.save_checkpoint(str(self.path), weights_only=False)
+            pl_module.print(f"signal {signal.Signals(self.received).name}: saved {self.path}, stopping")
+            trainer.should_stop = True
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        for sig, prev in self._previous.items():
+            signal.signal(sig, prev)
+
+
+class RunState(L.Callback):
+    """RNG state and the wandb run id travel in checkpoints, so a resumed run continues both."""
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rng"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+        for logger in trainer.loggers:
+            if type(logger).__name__ == "WandbLogger":
+                checkpoint["wandb_run_id"] = logger.version
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        if "rng" in checkpoint:
+            torch.set_rng_state(checkpoint["rng"]["torch"])
+            if "cuda" in checkpoint["rng"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+
+
+def resolve_resume(resume: Optional[str], ckpt_dir: Path) -> Optional[str]:
+    """`auto`: the directory's last.ckpt if there is one; a path: that file, which must exist; null: none."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        last = ckpt_dir / "last.ckpt"
+        return str(last) if last.is_file() else None
+    if not Path(resume).is_file():
+        raise FileNotFoundError(f"{RESUME_KEY}: no such checkpoint: {resume}")
+    return resume
+
+
+def _shapes(cfg: ModelConfig) -> dict[str, tuple]:
+    from moe_lm.model import MoETransformer
+
+    with torch.device("meta"):  # no memory, no init cost
+        return {k: tuple(v.shape) for k, v in MoETransformer(cfg).state_dict().items()}
+
+
+def architecture_diff(saved: dict[str, Any], current: ModelConfig) -> tuple[list[str], list[str]]:
+    """(differences that change weight shapes, other differences) between a checkpoint's model config and ours.
+
+    A field counts as shape-changing when setting it alone to our value changes the saved model's tensor shapes.
+    """
+    base = model_config_from(saved, RESUME_KEY)
+    ours = dataclasses.asdict(current)
+    changed = [k for k in sorted(ours) if getattr(base, k) != ours[k]]
+    reference = _shapes(base) if changed else {}
+    shape, other = [], []
+    for k in changed:
+        line = f"model.{k}: checkpoint {getattr(base, k)!r} != config {ours[k]!r}"
+        try:
+            moved = _shapes(dataclasses.replace(base, **{k: ours[k]})) != reference
+        except ValueError:  # the field alone makes an impossible config: it belongs with the others that changed
+            moved = True
+        (shape if moved else other).append(line)
+    return shape, other
+
+
+def check_architecture(checkpoint: dict[str, Any], current: ModelConfig) -> None:
+    """Refuse to resume into other weight shapes (naming the keys); warn about other changed model settings."""
+    saved = checkpoint.get("moe_lm_config", {}).get("model")
+    if saved is None:
+        raise CheckpointError(f"{RESUME_KEY}: the checkpoint has no moe_lm config (not written by moe_lm.train?)")
+    shape, other = architecture_diff(saved, current)
+    if shape:
+        raise CheckpointError(f"{RESUME_KEY}: the checkpoint is of another architecture:\n  " + "\n  ".join(shape))
+    if other:
+        rank_zero_warn("resuming with changed model settings (the config's values apply from now on):\n  "
+                       + "\n  ".join(other))

@@ -1,0 +1,97 @@
+"""LightningModule: next-token loss plus the balance losses, the optimizer, and the router-bias step.
+
+Lightning owns the loop and the model (moe_lm.model) is plain PyTorch. Everything that only watches training
+lives in callbacks (moe_lm/training/callbacks.py, routing_monitor.py): `training_step` and `validation_step`
+return the detached routing tensors they need.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional, Sequence
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+from torchmetrics.aggregation import MeanMetric
+
+from moe_lm.config import TrainConfig
+from moe_lm.data.text_lines import IGNORE_INDEX
+from moe_lm.model import MoETransformer
+from moe_lm.training.checkpointing import check_architecture
+from moe_lm.training.optim import configure_optimizers
+
+
+class MoELitModule(L.LightningModule):
+    def __init__(self, cfg: TrainConfig, tokenizer: Optional[Tokenizer] = None, domains: Sequence[str] = ()) -> None:
+        super().__init__()
+        self.cfg, self.tokenizer, self.domains = cfg, tokenizer, list(domains)
+        self.model = MoETransformer(cfg.model)
+        self.val_loss = MeanMetric()  # token-weighted: each batch's mean counts by its number of targets
+        self.val_domain_loss = torch.nn.ModuleList(MeanMetric() for _ in self.domains)  # one val loader each
+
+    def forward(self, input_ids: torch.Tensor):
+        return self.model(input_ids)
+
+    def _step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """(loss to optimise, cross-entropy over valid targets, detached routing tensors for the callbacks)."""
+        targets = batch["targets"]
+        valid = targets != IGNORE_INDEX  # (B, T)
+        # logits (M, V): no LM head on padding; padding does not count in the routing statistics either
+        out = self.model(batch["input_ids"], logits_at=valid, token_mask=valid)
+        ce = F.cross_entropy(out.logits.float(), targets[valid])
+        m = self.cfg.model
+        loss = ce + (m.aux_loss_coef * out.aux_loss if m.use_aux_loss else 0) + (m.z_loss_coef * out.z_loss if m.use_z_loss else 0)
+        routing = {"ce": ce.detach(), "n_targets": valid.sum(), "token_mask": valid, "topk_idx": out.topk_idx,
+                   "expert_counts": out.expert_counts, "router_entropy": out.router_entropy,
+                   "aux_loss": out.aux_loss.detach(), "z_loss": out.z_loss.detach()}
+        return loss, ce, routing
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, Any]:
+        loss, ce, routing = self._step(batch)
+        self.log_dict({"train/loss": ce.detach(), "train/ppl": ce.detach().exp(), "train/aux_loss": routing["aux_loss"],
+                       "train/z_loss": routing["z_loss"]})
+        self.log("loss", ce.detach(), prog_bar=True, logger=False)
+        return {"loss": loss, **routing}
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        _, ce, routing = self._step(batch)
+        self.val_loss.update(ce, routing["n_targets"])
+        if self.domains:
+            self.val_domain_loss[dataloader_idx].update(ce, routing["n_targets"])
+        return routing
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val/loss", self.val_loss.compute(), prog_bar=True, add_dataloader_idx=False)
+        self.val_loss.reset()
+        for name, metric in zip(self.domains, self.val_domain_loss):
+            if metric.update_count:
+                self.log(f"val/loss/{name}", metric.compute(), add_dataloader_idx=False)
+            metric.reset()
+
+    # ---- optimisation -------------------------------------------------------------------------
+    def configure_optimizers(self):
+        return configure_optimizers(self.model, self.cfg)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # Clipped here rather than by the Trainer, whose AMP plugin refuses fused optimizers. Gradients are
+        # already unscaled at this point for fp16 (the optimizer is not fused then).
+        norm = torch.nn.utils.clip_grad_norm_(self.parameters(), self.cfg.optimizer.grad_clip or float("inf"))
+        self.log("train/grad_norm", norm)
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.trainer.world_size > 1:
+            for moe in self.model.moe_layers():
+                torch.distributed.all_reduce(moe.tokens_per_expert)
+        self.model.update_router_biases()  # once per optimizer step, after accumulation
+
+    # ---- checkpoint: what the model is ---------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["moe_lm_config"] = dataclasses.asdict(self.cfg)  # plain dict: safe to load
+        if self.tokenizer is not None:
+            checkpoint["tokenizer_json"] = self.tokenizer.to_str()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_architecture(checkpoint, self.cfg.model)  # before the weights load: a clear message, not a shape error

@@ -1,0 +1,145 @@
+"""One training run from a validated TrainConfig: data, model, callbacks, loggers, Trainer; fit; artefacts.
+
+Artefacts in the run directory: `checkpoints/{last,final}.ckpt` (or under `checkpoint.dir`), `model.safetensors`,
+`tokenizer.json` (overfit demo), `loss_curve.png`, `csv/metrics.csv`, `routing/` heatmaps, `result.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from moe_lm.config import TrainConfig
+from moe_lm.data.pipelines import build_data
+from moe_lm.model.counting import param_breakdown, train_flops_per_token
+from moe_lm.training.callbacks import FirstBatchPrinter, LossCurve, StepProgressBar, Throughput
+from moe_lm.training.checkpointing import AtomicCheckpointIO, RunState, SaveOnSignal, resolve_resume
+from moe_lm.training.lit_module import MoELitModule
+from moe_lm.training.routing_monitor import RoutingMonitor
+
+
+def checkpoint_dir(cfg: TrainConfig, out_dir: Path) -> Path:
+    return Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else out_dir / "checkpoints"
+
+
+def build_loggers(cfg: TrainConfig, out_dir: Path, resume_from: str | None = None) -> list:
+    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+    from moe_lm.inference.checkpoint import read_checkpoint
+
+    loggers: list = []
+    if cfg.logger.csv:
+        loggers.append(CSVLogger(str(out_dir), name="csv", version="", flush_logs_every_n_steps=cfg.trainer.log_every_n_steps))
+    if cfg.logger.wandb and cfg.logger.wandb_mode != "disabled":
+        os.environ.setdefault("WANDB_MODE", cfg.logger.wandb_mode)
+        run_id = read_checkpoint(resume_from, "checkpoint.resume").get("wandb_run_id") if resume_from else None
+        loggers.append(WandbLogger(project=cfg.logger.project, save_dir=str(out_dir), id=run_id, resume="allow",
+                                   offline=cfg.logger.wandb_mode == "offline",
+                                   name=cfg.logger.name or out_dir.name, group=cfg.logger.group or None))
+    return loggers
+
+
+def build_callbacks(cfg: TrainConfig, out_dir: Path, module: MoELitModule, tok) -> list[L.Callback]:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    ck, ckdir = cfg.checkpoint, checkpoint_dir(cfg, out_dir)
+    flops = train_flops_per_token(cfg.model, param_breakdown(module.model, cfg.model), cfg.data.seq_len)
+    callbacks: list[L.Callback] = [
+        ModelCheckpoint(dirpath=str(ckdir), save_last=True, save_top_k=0), SaveOnSignal(ckdir / "last.ckpt"), RunState(),
+        LossCurve(out_dir / "loss_curve.png", f"{cfg.model.name} on {cfg.data.describe()}"),
+        Throughput(flops, cfg.trainer.peak_flops), RoutingMonitor(module.domains, cfg.model.n_routed_experts,
+                                                                  cfg.model.first_k_dense)]
+    if tok is not None:
+        callbacks.append(FirstBatchPrinter(tok))
+    if ck.every_n_steps:
+        callbacks.append(ModelCheckpoint(dirpath=str(ckdir), filename="step{step:07d}", auto_insert_metric_name=False,
+                                         every_n_train_steps=ck.every_n_steps, save_top_k=-1, save_last=True))
+    if ck.every_minutes:
+        callbacks.append(ModelCheckpoint(dirpath=str(ckdir), save_last=True, save_top_k=0,
+                                         train_time_interval=timedelta(minutes=ck.every_minutes)))
+    if cfg.trainer.progress_bar:
+        callbacks.append(StepProgressBar(leave=True))
+    return callbacks
+
+
+def build_trainer(cfg: TrainConfig, out_dir: Path, callbacks: list[L.Callback], resume_from: str | None) -> L.Trainer:
+    t = cfg.trainer
+    validate = t.val_check_interval is not None
+    return L.Trainer(
+        max_steps=t.max_steps, max_epochs=-1, accelerator=t.accelerator, devices=t.devices, strategy=t.strategy,
+        precision=cfg.precision.lightning, accumulate_grad_batches=t.accumulate_grad_batches,
+        log_every_n_steps=t.log_every_n_steps,
+        val_check_interval=t.val_check_interval * t.accumulate_grad_batches if validate else None,
+        check_val_every_n_epoch=None if validate else 1, limit_val_batches=t.limit_val_batches if validate else 0,
+        num_sanity_val_steps=0, fast_dev_run=t.fast_dev_run, deterministic=t.deterministic,
+        enable_progress_bar=t.progress_bar, logger=build_loggers(cfg, out_dir, resume_from) or False, callbacks=callbacks,
+        default_root_dir=str(out_dir), plugins=[AtomicCheckpointIO()],
+    )
+
+
+def quiet_known_warnings() -> None:
+    """Two harmless Lightning messages on every run: its model summary cannot size bf16-mixed, and its own use
+    of a deprecated torch pytree class."""
+    warnings.filterwarnings("ignore", message="Precision bf16-mixed is not supported by the model summary")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
+
+def save_artefacts(trainer: L.Trainer, module: MoELitModule, cfg: TrainConfig, out: Path) -> None:
+    """`last.ckpt` (what checkpoint.resume=auto picks up), `final.ckpt` beside it, and the weights as safetensors."""
+    from safetensors.torch import save_model
+
+    ckdir = checkpoint_dir(cfg, out)
+    for name in ("last.ckpt", "final.ckpt"):
+        trainer.save_checkpoint(str(ckdir / name), weights_only=False)
+    save_model(module.model, str(out / "model.safetensors"))
+
+
+def train(cfg: TrainConfig, out_dir: str | Path) -> dict[str, Any]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    quiet_known_warnings()
+    L.seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision("high")
+    tok, dm = build_data(cfg, out)
+    module = MoELitModule(cfg, tok, getattr(dm, "names", ()))
+    if cfg.trainer.compile:
+        module.model.compile()
+    ckpt_path = resolve_resume(cfg.checkpoint.resume, checkpoint_dir(cfg, out))
+    callbacks = build_callbacks(cfg, out, module, tok)
+    trainer = build_trainer(cfg, out, callbacks, ckpt_path)
+    if ckpt_path:
+        print(f"resuming from {ckpt_path}")
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    result = summary(cfg, trainer, module, time.perf_counter() - t0, next(c for c in callbacks if isinstance(c, LossCurve)))
+    if not trainer.is_global_zero or cfg.trainer.fast_dev_run:
+        return result
+    save_artefacts(trainer, module, cfg, out)
+    print(f"train loss {result.get('final_train_loss', float('nan')):.4f} (last batch) after {result['steps']} steps "
+          f"in {result['wall_s']:.0f} s; artefacts in {out}")
+    if cfg.eval.reproduce_lines > 0:
+        from moe_lm.eval.overfit import overfit_report
+
+        result.update(overfit_report(module.model, dm, tok, cfg.eval))
+    (out / "result.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def summary(cfg: TrainConfig, trainer: L.Trainer, module: MoELitModule, wall: float, curve: LossCurve) -> dict[str, Any]:
+    parts = param_breakdown(module.model, cfg.model)
+    result: dict[str, Any] = {
+        "wall_s": round(wall, 1), "steps": trainer.global_step, "params": parts["total"],
+        "active_params": parts["active_per_token"], "n_layers": cfg.model.n_layers, "seq_len": cfg.data.seq_len,
+        "tokens": trainer.global_step * cfg.trainer.accumulate_grad_batches * cfg.data.batch_size * cfg.data.seq_len}
+    if curve.history:
+        result["final_train_loss"] = curve.history[-1][1]
+    result.update({k: round(float(v), 4) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
+    return result

@@ -1,0 +1,102 @@
+"""Every command as a user runs it: one argument style, `--help`, one-line errors naming the key, exit status 2."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+COMMANDS = ["train", "generate", "inspect", "params", "tokenizer", "prepare", "report"]
+TWO_LINES = ("the quick brown fox jumps over the lazy dog while seven wizards quietly juggle boxes.\n"
+             "Question: pack my box with five dozen liquor jugs, then sphinx of black quartz judge my vow.\n")
+
+
+def run(module: str, *args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", f"moe_lm.{module}", *args], capture_output=True, text=True, **kw)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command):
+    r = run(command, "--help")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"moe_lm.{command}" in r.stdout or "== Config ==" in r.stdout  # our docstring, or Hydra's app help
+
+
+@pytest.mark.parametrize("command,args,key", [
+    ("generate", [], "ckpt"),
+    ("generate", ["ckpt=/nonexistent.ckpt"], "ckpt"),
+    ("generate", ["ckpt=x.ckpt", "top_p=2"], "top_p"),
+    ("generate", ["ckpt=x.ckpt", "not_a_key=1"], "not_a_key"),
+    ("inspect", ["ckpt=/nonexistent.ckpt"], "ckpt"),
+    ("report", [], "dir"),
+    ("report", ["dir=/nonexistent"], "dir"),
+    ("params", ["model.top_k=9"], "model.top_k"),
+    ("prepare", ["prepare.tokenizer=/nonexistent.json", "data=domains"], "prepare.tokenizer"),
+    ("tokenizer", [], "data"),  # the overfit data group has no domains
+])
+def test_bad_input_is_one_line_naming_the_key(command, args, key):
+    r = run(command, *args)
+    assert r.returncode == 2, (r.stdout[-1000:], r.stderr[-2000:])
+    assert r.stderr.startswith("error: ") and key in r.stderr and "Traceback" not in r.stderr
+
+
+def test_train_reports_bad_input_naming_it(tmp_path):
+    def train(*args):
+        return run("train", *args, f"out_dir={tmp_path}", f"hydra.run.dir={tmp_path}/hydra")
+
+    r = train("model.top_k=9")
+    assert r.returncode == 2 and "model.top_k" in r.stderr
+    r = train("data.path=/nonexistent/file.txt")
+    assert r.returncode == 2 and "data.path" in r.stderr
+    r = train("model.not_a_key=1")
+    assert r.returncode != 0 and "not_a_key" in r.stderr
+    r = train("optimizer.lr=inf")
+    assert r.returncode == 2 and "optimizer.lr" in r.stderr
+    r = train("optimizer.grad_clip=-1")
+    assert r.returncode == 2 and "optimizer.grad_clip" in r.stderr
+    assert not (tmp_path / "checkpoints").exists()  # nothing was started
+
+
+def test_params_prints_the_table():
+    r = run("params", "model=moe_tiny", check=True)
+    for row in ("embeddings", "attention", "shared_experts", "router", "routed_expert_4", "norms", "total",
+                "active_per_token", "train FLOPs/token"):
+        assert row in r.stdout
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A moe_tiny checkpoint that memorised two lines, one starting with 'Question:'."""
+    tmp = tmp_path_factory.mktemp("cli")
+    (tmp / "lines.txt").write_text(TWO_LINES)
+    run("train", "+experiment=overfit_100_lines", "model=moe_tiny", "model.vocab_size=2048", "precision=fp32",
+        f"data.path={tmp / 'lines.txt'}", "data.sampling=lines", "data.batch_size=2", "optimizer.lr=3e-3",
+        "trainer.max_steps=300", "eval.reproduce_lines=0", "trainer.progress_bar=false", "logger.csv=false",
+        f"out_dir={tmp}/run", f"hydra.run.dir={tmp}/hydra", check=True)
+    return tmp / "run" / "checkpoints" / "final.ckpt"
+
+
+def test_generate_and_inspect_take_the_prompt_verbatim(trained):
+    out = run("generate", f"ckpt={trained}", "prompt=Question: pack my box", "temperature=0", "max_new_tokens=60",
+              check=True).stdout
+    assert " with five dozen liquor jugs, then sphinx of black quartz judge my vow." in out
+    out = run("generate", f"ckpt={trained}", "prompt=Question: pack my box", "temperature=0", "max_new_tokens=60",
+              "stop=[liquor]", check=True).stdout
+    assert out.rstrip("\n").endswith("five dozen ") and "jugs" not in out
+    out = run("inspect", f"ckpt={trained}", "prompt=Question: pack", check=True).stdout
+    tokens = [ln for ln in out.splitlines() if ln.startswith("token ")]
+    assert "routed_expert_4" in out and tokens[-1].endswith("'ack'") and any(t.endswith("':'") for t in tokens)
+    assert out.count("| experts ") == len(tokens) * 2  # every token x 2 MoE layers
+
+
+def test_two_run_sweep_yields_a_two_row_report(tmp_path, shared_data):
+    sweep = tmp_path / "sweep"
+    run("train", "-m", "+experiment=ablate_depth_seqlen", "model.n_layers=1,2", "data.seq_len=32", "trainer.max_steps=4",
+        "trainer.val_check_interval=4", "trainer.progress_bar=false", f"paths.data_root={shared_data}",
+        f"data.shards={tmp_path}/shards", f"prepare.out={tmp_path}/shards",
+        f"prepare.tokenizer={tmp_path}/tok/tokenizer.json", f"hydra.sweep.dir={sweep}", f"hydra.run.dir={tmp_path}/hydra",
+        check=True)
+    out = run("report", f"dir={sweep}", check=True).stdout
+    rows = [ln for ln in out.splitlines() if ln.startswith("| ") and not ln.startswith("| run")]
+    assert len(rows) == 2 and {r.split("|")[2].strip() for r in rows} == {"1", "2"}
+    assert (sweep / "val_loss.png").stat().st_size > 1000
