@@ -208,6 +208,27 @@ class DomainsDataConfig(DataConfig):
 
 
 @dataclass
+class RoutingConfig:
+    """`routing.*`: how the routed experts are warm-started on their domains (moe_lm/training/guidance.py).
+
+    The warm start lasts `data.round_robin_steps` optimizer steps (multi-domain data only):
+    none: mixed sampling from step 0 (the control); round_robin: single-domain batches, cycling the domains;
+    guided: round-robin batches plus a router supervision term, the cross-entropy between each token's router
+    distribution and its domain's expert (domains with an expert only), weighted by `guided_coef` annealed
+    to 0 by the end of the warm start. After it, mixed sampling with the usual balance terms takes over.
+    """
+
+    warm_start: str = "round_robin"  # none | round_robin | guided
+    guided_coef: float = 0.1  # weight of the router supervision term at step 0
+    guided_anneal: str = "linear"  # linear | cosine | constant (then 0 after the warm start)
+
+    def __post_init__(self) -> None:
+        _one_of(self.warm_start, "routing.warm_start", ("none", "round_robin", "guided"))
+        _one_of(self.guided_anneal, "routing.guided_anneal", ("linear", "cosine", "constant"))
+        _check(math.isfinite(self.guided_coef) and self.guided_coef >= 0, "routing.guided_coef", "must be >= 0")
+
+
+@dataclass
 class OptimizerConfig:
     lr: float = 3e-4
     weight_decay: float = 0.1
@@ -376,6 +397,7 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
@@ -388,6 +410,11 @@ class TrainConfig:
                "choose a data group, e.g. data=overfit_100_lines or data=domains")
         _check(self.data.seq_len <= self.model.max_seq_len, "data.seq_len",
                f"{self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}")
+        if self.routing.warm_start == "guided":
+            _check(isinstance(self.data, DomainsDataConfig) and self.data.round_robin_steps > 0, "routing.warm_start",
+                   "guided needs multi-domain data (data=domains) and a warm start (data.round_robin_steps > 0)")
+            _check(self.model.first_k_dense < self.model.n_layers, "routing.warm_start",
+                   "guided needs MoE layers (model.first_k_dense < model.n_layers)")
         for name, d in getattr(self.data, "domains", {}).items():
             _check(d.expert is None or 0 <= d.expert < self.model.n_routed_experts, f"data.domains.{name}.expert",
                    f"{d.expert} is not a routed expert of a model with {self.model.n_routed_experts}")

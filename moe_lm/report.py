@@ -1,8 +1,10 @@
-"""Summarise a sweep: `python -m moe_lm.report dir=SWEEP_DIR` -> SWEEP_DIR/report.md and SWEEP_DIR/val_loss.png.
+"""Summarise a sweep: `python -m moe_lm.report dir=SWEEP_DIR` -> SWEEP_DIR/report.md and its figures.
 
-Reads every `result.json` below SWEEP_DIR (one per finished run) and writes a markdown table (params, active
-params, tokens, wall time, final train and val loss per run) and a plot of val loss against depth, one line
-per seq_len (moe_lm/eval/report.py).
+Reads every `result.json` below SWEEP_DIR (one per finished run). A depth x seq_len sweep: a table (params,
+active params, tokens, wall time, final train and val loss per run) and val loss against depth
+(moe_lm/eval/report.py). The specialisation ablation: per arm, mean +/- half range over seeds of the val loss
+per domain, the specialisation scores and the step time, with val loss per domain and own-expert share over
+training as figures (moe_lm/eval/ablation.py).
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ def main(cfg: ReportConfig) -> None:
     from moe_lm.eval.report import write_report
 
     sweep = Path(cfg.dir)
-    md = write_report(sweep)
-    print(md + f"\n\nwrote {sweep / 'report.md'} and {sweep / 'val_loss.png'}")
+    md, figures = write_report(sweep)
+    print(md + f"\n\nwrote {sweep / 'report.md'} and " + ", ".join(str(f) for f in figures))
 
 
 if __name__ == "__main__":

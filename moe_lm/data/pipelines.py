@@ -3,11 +3,13 @@
 - `LinesDataConfig` (the overfit demo): a byte-level BPE trained on the text file itself at the start of the
   run (saved as `<out>/tokenizer.json`), then `TextLinesDataModule`.
 - `DomainsDataConfig`: the multi-domain tokenizer at `prepare.tokenizer` (trained first when missing) and the
-  shards under `prepare.out` (prepared first where missing: prepare is idempotent), then `DomainDataModule`.
+  shards under `prepare.out` (prepared first where missing: prepare is idempotent), then `DomainDataModule`
+  (with no round-robin phase under `routing.warm_start=none`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import lightning as L
@@ -42,7 +44,8 @@ def domains_pipeline(cfg: TrainConfig, out_dir: Path) -> tuple[Tokenizer, L.Ligh
         save_tokenizer(*train_domain_tokenizer(cfg.data, cfg.tokenizer), tok_path)
     tok = check_vocab(Tokenizer.from_file(str(tok_path)), cfg)
     prepare(cfg)  # idempotent: finished domains are skipped
-    return tok, DomainDataModule(cfg.data, cfg.seed, cfg.trainer.accumulate_grad_batches)
+    data = cfg.data if cfg.routing.warm_start != "none" else dataclasses.replace(cfg.data, round_robin_steps=0)
+    return tok, DomainDataModule(data, cfg.seed, cfg.trainer.accumulate_grad_batches)
 
 
 def build_data(cfg: TrainConfig, out_dir: Path) -> tuple[Tokenizer, L.LightningDataModule]:

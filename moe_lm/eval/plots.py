@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional, Sequence
 
 import torch
 
 
-def routing_heatmap(frac: torch.Tensor, domains: list[str], out_dir: str, step: int) -> Path:
-    """frac: (domains, experts) share of each domain's token slots per expert -> PNG path."""
+def routing_heatmap(frac: torch.Tensor, domains: list[str], out_dir: str, step: int,
+                    experts: Optional[Sequence[Optional[int]]] = None) -> Path:
+    """frac: (domains, experts) share of each domain's token slots per expert -> PNG path. `experts[d]`, the
+    expert mapped to domain d (or None), is outlined in its row."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -20,6 +23,11 @@ def routing_heatmap(frac: torch.Tensor, domains: list[str], out_dir: str, step: 
     im = ax.imshow(frac.numpy(), cmap="viridis", vmin=0.0, vmax=max(0.5, float(frac.max())))
     ax.set_xticks(range(frac.shape[1]), [f"E{e}" for e in range(frac.shape[1])])
     ax.set_yticks(range(len(domains)), domains)
+    ax.set_xlabel("routed expert")
+    ax.set_ylabel("domain (validation tokens)")
+    for d, e in enumerate(experts or []):
+        if e is not None:  # the domain's own expert
+            ax.add_patch(plt.Rectangle((e - 0.5, d - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
     for i in range(frac.shape[0]):
         for e in range(frac.shape[1]):
             ax.text(e, i, f"{float(frac[i, e]):.2f}", ha="center", va="center", color="w", fontsize=8)

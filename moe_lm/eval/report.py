@@ -2,7 +2,7 @@
 
 Reads every `result.json` below SWEEP_DIR (one per finished run) and writes a markdown table (params,
 active params, tokens, wall time, final train and val loss per run) and a plot of val loss against depth,
-one line per seq_len.
+one line per seq_len; a specialisation ablation gets its own report (moe_lm/eval/ablation.py).
 """
 
 from __future__ import annotations
@@ -57,10 +57,16 @@ def plot(runs: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(sweep: Path) -> str:
-    """SWEEP_DIR/report.md and SWEEP_DIR/val_loss.png; returns the markdown table."""
+def write_report(sweep: Path) -> tuple[str, list[Path]]:
+    """SWEEP_DIR/report.md and its plots: the ablation report when the runs are arms of the specialisation ablation,
+    else the depth x seq_len table and val_loss.png. Returns the markdown and the figures written."""
+    from moe_lm.eval.ablation import ablation_plots, ablation_table, is_ablation
+
     runs = load_runs(sweep)
-    md = table(runs)
+    if is_ablation(runs):
+        md, figures = ablation_table(runs), ablation_plots(runs, sweep)
+    else:
+        md, figures = table(runs), [sweep / "val_loss.png"]
+        plot(runs, figures[0])
     (sweep / "report.md").write_text(md + "\n")
-    plot(runs, sweep / "val_loss.png")
-    return md
+    return md, figures

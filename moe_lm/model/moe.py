@@ -91,6 +91,7 @@ class MoEStats:
     topk_idx: torch.Tensor  # (N, K) detached, for routing statistics (every token, masked or not)
     topk_weight: torch.Tensor  # (N, K) detached
     router_entropy: torch.Tensor  # scalar: mean entropy (nats) of each token's normalised expert scores
+    router_logits: Optional[torch.Tensor] = None  # (N, E) fp32, with gradient in training (router supervision)
 
 
 def load_balance_loss(scores: torch.Tensor, counts: torch.Tensor, top_k: int, scoring: str,
@@ -149,14 +150,15 @@ class MoE(nn.Module):
             self.tokens_per_expert += counts.to(self.tokens_per_expert.dtype)
         zero = x.new_zeros((), dtype=torch.float32)
         if not self.training:  # decoding and evaluation need no balance losses: keep them off that path
-            return y.view(shape), MoEStats(zero, zero, counts, r.topk_idx, r.topk_weight, zero)
+            return y.view(shape), MoEStats(zero, zero, counts, r.topk_idx, r.topk_weight, zero, r.logits)
         aux = load_balance_loss(r.scores, counts, K, self.cfg.scoring, mask) if self.cfg.use_aux_loss else zero
         z = router_z_loss(r.logits, mask) if self.cfg.use_z_loss else zero
         with torch.no_grad():
             p = r.scores / r.scores.sum(-1, keepdim=True)
             ent = -(p * p.clamp_min(1e-12).log()).sum(-1)  # (N,)
             entropy = ent.mean() if mask is None else (ent * mask).sum() / mask.sum().clamp_min(1)
-        return y.view(shape), MoEStats(aux, z, counts.detach(), r.topk_idx.detach(), r.topk_weight.detach(), entropy)
+        return y.view(shape), MoEStats(aux, z, counts.detach(), r.topk_idx.detach(), r.topk_weight.detach(), entropy,
+                                       r.logits)
 
     @torch.no_grad()
     def update_bias(self, rate: float) -> None:

@@ -29,6 +29,7 @@ class ModelOutput:
     topk_weight: Optional[torch.Tensor] = None  # (L, B*T, K) their weights
     hidden_states: Optional[list[torch.Tensor]] = None  # n_layers x (B, T, D), with return_hidden=True
     router_entropy: Optional[torch.Tensor] = None  # scalar, mean over MoE layers
+    router_logits: Optional[torch.Tensor] = None  # (L, B*T, E) fp32 router logits per MoE layer
 
 
 class MoETransformer(nn.Module):
@@ -100,7 +101,8 @@ class MoETransformer(nn.Module):
         topk = torch.stack([s.topk_idx for s in stats])  # (L, N, K)
         weights = torch.stack([s.topk_weight for s in stats])  # (L, N, K)
         entropy = torch.stack([s.router_entropy for s in stats]).mean()
-        return ModelOutput(logits, aux, z, counts, topk, weights, hidden_states, entropy)
+        router_logits = torch.stack([s.router_logits for s in stats])  # (L, N, E)
+        return ModelOutput(logits, aux, z, counts, topk, weights, hidden_states, entropy, router_logits)
 
     @torch.no_grad()
     def update_router_biases(self) -> None:

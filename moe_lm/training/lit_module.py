@@ -20,14 +20,19 @@ from moe_lm.config import TrainConfig
 from moe_lm.data.text_lines import IGNORE_INDEX
 from moe_lm.model import MoETransformer
 from moe_lm.training.checkpointing import check_architecture
+from moe_lm.training.guidance import expert_targets, guided_coef, router_supervision_loss
 from moe_lm.training.optim import configure_optimizers
 
 
 class MoELitModule(L.LightningModule):
-    def __init__(self, cfg: TrainConfig, tokenizer: Optional[Tokenizer] = None, domains: Sequence[str] = ()) -> None:
+    def __init__(self, cfg: TrainConfig, tokenizer: Optional[Tokenizer] = None, domains: Sequence[str] = (),
+                 experts: Sequence[Optional[int]] = ()) -> None:
         super().__init__()
         self.cfg, self.tokenizer, self.domains = cfg, tokenizer, list(domains)
         self.model = MoETransformer(cfg.model)
+        # routed expert of each domain (-1: none), for the guided warm start
+        self.register_buffer("domain_expert", expert_targets(experts or [None] * len(self.domains)), persistent=False)
+        self.warm_steps = getattr(cfg.data, "round_robin_steps", 0)
         self.val_loss = MeanMetric()  # token-weighted: each batch's mean counts by its number of targets
         self.val_domain_loss = torch.nn.ModuleList(MeanMetric() for _ in self.domains)  # one val loader each
 
@@ -43,9 +48,14 @@ class MoELitModule(L.LightningModule):
         ce = F.cross_entropy(out.logits.float(), targets[valid])
         m = self.cfg.model
         loss = ce + (m.aux_loss_coef * out.aux_loss if m.use_aux_loss else 0) + (m.z_loss_coef * out.z_loss if m.use_z_loss else 0)
+        guide = guided_coef(self.cfg.routing, self.global_step, self.warm_steps) if self.training else 0.0
+        if guide > 0:  # exactly nothing outside the guided warm start
+            sup = router_supervision_loss(out.router_logits, batch["domain"], self.domain_expert, valid)
+            loss = loss + guide * sup
+            self.log_dict({"train/guided_loss": sup.detach(), "train/guided_coef": guide})
         routing = {"ce": ce.detach(), "n_targets": valid.sum(), "token_mask": valid, "topk_idx": out.topk_idx,
-                   "expert_counts": out.expert_counts, "router_entropy": out.router_entropy,
-                   "aux_loss": out.aux_loss.detach(), "z_loss": out.z_loss.detach()}
+                   "topk_weight": out.topk_weight, "expert_counts": out.expert_counts,
+                   "router_entropy": out.router_entropy, "aux_loss": out.aux_loss.detach(), "z_loss": out.z_loss.detach()}
         return loss, ce, routing
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, Any]:

@@ -3,27 +3,36 @@
 Training (at logging steps): expert load per MoE layer (`moe/expert_load/layer{l}/expert{e}`), load CV, max
 violation, dead experts, router entropy, and on domain data each domain's share per expert
 (`moe/domain_load/<domain>/expert{e}`). Validation: the domain x expert matrix over the whole validation set,
-per layer and averaged (`routing/...`), and its heatmap under `<run>/routing/`. Padding counts nowhere.
+per layer and averaged (`routing/...`), the specialisation scores (`spec/...`, moe_lm/eval/specialisation.py),
+and under `<run>/routing/` a JSON of both per validation step and the heatmap with each domain's own expert
+outlined. Padding counts nowhere.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import lightning as L
 import torch
 
 from moe_lm.eval.routing import domain_expert_counts, routing_stats, shares
+from moe_lm.eval.specialisation import specialisation_metrics
 from moe_lm.training.callbacks import at_optimizer_step, is_log_step
 
 
 class RoutingMonitor(L.Callback):
-    def __init__(self, domains: Sequence[str], n_experts: int, first_moe_layer: int) -> None:
+    def __init__(self, domains: Sequence[str], n_experts: int, first_moe_layer: int,
+                 experts: Sequence[Optional[int]] = ()) -> None:
         self.domains, self.E, self.first = list(domains), n_experts, first_moe_layer
-        self._val_counts: Optional[torch.Tensor] = None  # (L, D, E) over the validation epoch
+        self.experts = list(experts) or [None] * len(self.domains)  # the routed expert mapped to each domain
+        self._val: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # (L, D, E) all and top-1 slots this epoch
 
-    def _domain_counts(self, outputs: dict[str, Any], batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return domain_expert_counts(outputs["topk_idx"], batch["domain"], len(self.domains), self.E, outputs["token_mask"])
+    def _domain_counts(self, outputs: dict[str, Any], batch: dict[str, torch.Tensor], top1: bool = False) -> torch.Tensor:
+        idx = outputs["topk_idx"]  # (L, N, K)
+        if top1:  # each token's highest-weighted expert
+            idx = idx.gather(-1, outputs["topk_weight"].argmax(-1, keepdim=True))  # (L, N, 1)
+        return domain_expert_counts(idx, batch["domain"], len(self.domains), self.E, outputs["token_mask"])
 
     def on_train_batch_end(self, trainer, pl_module, outputs: Any, batch, batch_idx) -> None:
         if outputs.get("expert_counts") is None or not at_optimizer_step(trainer, batch_idx) or not is_log_step(trainer):
@@ -41,23 +50,37 @@ class RoutingMonitor(L.Callback):
 
     def on_validation_batch_end(self, trainer, pl_module, outputs: Any, batch, batch_idx, dataloader_idx=0) -> None:
         if self.domains and outputs.get("topk_idx") is not None:
-            counts = self._domain_counts(outputs, batch)
-            self._val_counts = counts if self._val_counts is None else self._val_counts + counts
+            counts = (self._domain_counts(outputs, batch), self._domain_counts(outputs, batch, top1=True))
+            self._val = counts if self._val is None else (self._val[0] + counts[0], self._val[1] + counts[1])
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        counts, self._val_counts = self._val_counts, None
-        if counts is None or trainer.sanity_checking:
+        val, self._val = self._val, None
+        if val is None or trainer.sanity_checking:
             return
+        counts, top1 = val
         frac = shares(counts)  # (L, D, E)
         mean = frac.mean(0)
         metrics = {f"routing/{d}/expert{e}": mean[i, e] for i, d in enumerate(self.domains) for e in range(self.E)}
         metrics.update({f"routing/layer{layer + self.first}/{d}/expert{e}": frac[layer, i, e]
                         for layer in range(frac.shape[0]) for i, d in enumerate(self.domains) for e in range(self.E)})
+        spec = specialisation_metrics(counts.cpu(), top1.cpu(), self.domains, self.experts)
+        metrics.update({f"spec/{k}": v for k, v in spec.items()})
         pl_module.log_dict(metrics, add_dataloader_idx=False)
         if trainer.is_global_zero and trainer.default_root_dir:
-            from moe_lm.eval.plots import routing_heatmap
+            self._write(trainer, counts.cpu(), top1.cpu(), mean.cpu(), spec)
 
-            path = routing_heatmap(mean.cpu(), self.domains, trainer.default_root_dir, trainer.global_step)
-            for logger in trainer.loggers:
-                if hasattr(logger, "log_image"):
-                    logger.log_image(key="routing/heatmap", images=[str(path)])
+    def _write(self, trainer, counts: torch.Tensor, top1: torch.Tensor, mean: torch.Tensor, spec: dict[str, float]) -> None:
+        """`routing/step<N>.json` (the counts, shares and scores) and the heatmap beside it."""
+        from moe_lm.data.atomic import write_json_atomic
+        from moe_lm.eval.plots import routing_heatmap
+
+        step = trainer.global_step
+        root = Path(trainer.default_root_dir) / "routing"
+        root.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(root / f"step{step:07d}.json", {
+            "step": step, "domains": self.domains, "experts": self.experts, "first_moe_layer": self.first,
+            "counts": counts.tolist(), "top1_counts": top1.tolist(), "shares": mean.tolist(), "spec": spec})
+        path = routing_heatmap(mean, self.domains, trainer.default_root_dir, step, self.experts)
+        for logger in trainer.loggers:
+            if hasattr(logger, "log_image"):
+                logger.log_image(key="routing/heatmap", images=[str(path)])

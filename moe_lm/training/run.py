@@ -55,8 +55,9 @@ def build_callbacks(cfg: TrainConfig, out_dir: Path, module: MoELitModule, tok) 
     callbacks: list[L.Callback] = [
         ModelCheckpoint(dirpath=str(ckdir), save_last=True, save_top_k=0), SaveOnSignal(ckdir / "last.ckpt"), RunState(),
         LossCurve(out_dir / "loss_curve.png", f"{cfg.model.name} on {cfg.data.describe()}"),
-        Throughput(flops, cfg.trainer.peak_flops), RoutingMonitor(module.domains, cfg.model.n_routed_experts,
-                                                                  cfg.model.first_k_dense)]
+        Throughput(flops, cfg.trainer.peak_flops),
+        RoutingMonitor(module.domains, cfg.model.n_routed_experts, cfg.model.first_k_dense,
+                       [cfg.data.domains[d].expert for d in module.domains])]
     if tok is not None:
         callbacks.append(FirstBatchPrinter(tok))
     if ck.every_n_steps:
@@ -109,7 +110,8 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
     tok, dm = build_data(cfg, out)
-    module = MoELitModule(cfg, tok, getattr(dm, "names", ()))
+    domains = list(getattr(dm, "names", ()))
+    module = MoELitModule(cfg, tok, domains, [cfg.data.domains[d].expert for d in domains])
     if cfg.trainer.compile:
         module.model.compile()
     ckpt_path = resolve_resume(cfg.checkpoint.resume, checkpoint_dir(cfg, out))
@@ -138,8 +140,11 @@ def summary(cfg: TrainConfig, trainer: L.Trainer, module: MoELitModule, wall: fl
     result: dict[str, Any] = {
         "wall_s": round(wall, 1), "steps": trainer.global_step, "params": parts["total"],
         "active_params": parts["active_per_token"], "n_layers": cfg.model.n_layers, "seq_len": cfg.data.seq_len,
-        "tokens": trainer.global_step * cfg.trainer.accumulate_grad_batches * cfg.data.batch_size * cfg.data.seq_len}
+        "tokens": trainer.global_step * cfg.trainer.accumulate_grad_batches * cfg.data.batch_size * cfg.data.seq_len,
+        "model": cfg.model.name, "dense": not any(map(cfg.model.is_moe_layer, range(cfg.model.n_layers))),
+        "warm_start": cfg.routing.warm_start, "seed": cfg.seed,
+        "step_time_s": round(wall / max(1, trainer.global_step), 4)}
     if curve.history:
         result["final_train_loss"] = curve.history[-1][1]
-    result.update({k: round(float(v), 4) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
+    result.update({k: round(float(v), 4) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "spec/"))})
     return result

@@ -1,0 +1,86 @@
+"""The guided warm start: the router supervision term, its annealed weight, and what it does to routing."""
+
+import lightning as L
+import pytest
+import torch
+
+from moe_lm.cli import compose
+from moe_lm.config import RoutingConfig
+from moe_lm.data.shards import DomainDataModule
+from moe_lm.training.callbacks import LossCurve
+from moe_lm.training.checkpointing import RunState
+from moe_lm.training.guidance import expert_targets, guided_coef, router_supervision_loss
+from moe_lm.training.lit_module import MoELitModule
+from moe_lm.training.routing_monitor import RoutingMonitor
+
+
+def test_coefficient_anneals_to_exactly_zero_at_the_end_of_the_warm_start():
+    lin = RoutingConfig(warm_start="guided", guided_coef=0.5, guided_anneal="linear")
+    assert [guided_coef(lin, s, 10) for s in (0, 5, 9, 10, 11, 1000)] == [0.5, 0.25, pytest.approx(0.05), 0, 0, 0]
+    cos = RoutingConfig(warm_start="guided", guided_coef=0.5, guided_anneal="cosine")
+    assert guided_coef(cos, 0, 10) == 0.5 and guided_coef(cos, 5, 10) == pytest.approx(0.25)
+    assert guided_coef(cos, 10, 10) == 0.0
+    assert guided_coef(RoutingConfig(warm_start="round_robin"), 0, 10) == 0.0  # only the guided mode has it
+
+
+def test_supervision_loss_is_the_cross_entropy_toward_each_domains_expert():
+    logits = torch.randn(2, 6, 3)  # (L, N=B*T, E) with B=2 samples of T=3 tokens
+    domain = torch.tensor([0, 1])
+    targets = expert_targets([2, None])  # domain 0 -> expert 2; domain 1 has no expert
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    got = router_supervision_loss(logits, domain, targets, mask)
+    want = -torch.log_softmax(logits[:, :2], -1)[..., 2].mean()  # the two valid tokens of sample 0, both layers
+    torch.testing.assert_close(got, want)
+    none = router_supervision_loss(logits, torch.tensor([1, 1]), targets, mask)
+    assert float(none) == 0.0  # a batch without expert-domain tokens adds nothing
+
+
+def _fit(shards, *extra, steps=40, ckpt_in=None, monitor=None):
+    cfg = compose(["model=moe_tiny", "data=domains", f"data.shards={shards}", "data.seq_len=16", "data.batch_size=4",
+                   "data.round_robin_web=false", "precision=fp32", "optimizer.lr=1e-2", "scheduler.warmup_steps=2",
+                   "trainer.log_every_n_steps=1", *extra])
+    dm = DomainDataModule(cfg.data, cfg.seed)
+    experts = [cfg.data.domains[d].expert for d in dm.names]
+    module, curve = MoELitModule(cfg, domains=dm.names, experts=experts), LossCurve(None, "")
+    callbacks = [RunState(), curve] + ([RoutingMonitor(dm.names, 5, 0, experts)] if monitor else [])
+    trainer = L.Trainer(max_steps=steps, max_epochs=-1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False, enable_model_summary=False, callbacks=callbacks,
+                        limit_val_batches=2 if monitor else 0, val_check_interval=steps if monitor else None,
+                        check_val_every_n_epoch=None, num_sanity_val_steps=0, log_every_n_steps=1)
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_in)
+    return trainer, curve.history
+
+
+def test_guided_warm_start_routes_each_domain_to_its_expert(fake_shards):
+    steps = ["data.round_robin_steps=40", "data.val_batches_per_domain=2"]
+    guided, _ = _fit(fake_shards, *steps, "routing.warm_start=guided", "routing.guided_coef=1.0", monitor=True)
+    control, _ = _fit(fake_shards, *steps, "routing.warm_start=round_robin", monitor=True)
+    g, c = float(guided.callback_metrics["spec/own_share"]), float(control.callback_metrics["spec/own_share"])
+    assert g > 0.6 and g > c + 0.3, (g, c)  # uniform would be 0.2
+    assert "train/guided_loss" in guided.callback_metrics and "train/guided_loss" not in control.callback_metrics
+
+
+def test_the_term_is_absent_after_the_warm_start(fake_shards, monkeypatch):
+    from moe_lm.training import lit_module
+
+    calls = []
+    real = lit_module.router_supervision_loss
+    monkeypatch.setattr(lit_module, "router_supervision_loss", lambda *a: (calls.append(1), real(*a))[1])
+    trainer, _ = _fit(fake_shards, "data.round_robin_steps=3", "routing.warm_start=guided",
+                      "routing.guided_anneal=constant", steps=6)
+    assert len(calls) == 3  # steps 0, 1, 2 of the warm start; nothing computed or added after it
+    assert float(trainer.callback_metrics["train/guided_coef"]) == 0.1
+
+
+def test_resume_in_the_middle_of_the_warm_start_continues_the_annealing_exactly(tmp_path, fake_shards):
+    args = ["data.round_robin_steps=6", "routing.warm_start=guided", "routing.guided_coef=0.5"]
+    torch.manual_seed(0)
+    _, full = _fit(fake_shards, *args, steps=8)
+    torch.manual_seed(0)
+    trainer, _ = _fit(fake_shards, *args, steps=3)
+    trainer.save_checkpoint(tmp_path / "step3.ckpt")
+    torch.manual_seed(99)
+    _, resumed = _fit(fake_shards, *args, steps=8, ckpt_in=str(tmp_path / "step3.ckpt"))
+    assert [s for s, _ in resumed] == [4, 5, 6, 7, 8]
+    for (_, a), (_, b) in zip(resumed, full[3:]):
+        assert abs(a - b) <= 1e-6
