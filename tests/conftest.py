@@ -56,12 +56,13 @@ def shared_data() -> Path:
 
 @pytest.fixture
 def fake_shards(tmp_path) -> Path:
-    """Six domains of prepared shards (4,000 train and 400 val tokens each) under tmp_path/shards."""
+    """Six domains of prepared shards (4,000 train and 400 val tokens each) under tmp_path/shards; domain d uses
+    its own 80 token ids (d * 80 ...), so a router can tell the domains apart."""
     root = tmp_path / "shards"
     for d, name in enumerate(DOMAINS):
         (root / name).mkdir(parents=True)
-        (np.arange(4000) % 500 + d).astype(np.uint16).tofile(root / name / "train.bin")
-        (np.arange(400) % 500).astype(np.uint16).tofile(root / name / "val.bin")
+        (d * 80 + np.arange(4000) % 80).astype(np.uint16).tofile(root / name / "train.bin")
+        (d * 80 + np.arange(400) % 80).astype(np.uint16).tofile(root / name / "val.bin")
         (root / name / "meta.json").write_text(json.dumps({"dtype": "uint16", "tokens": {"train": 4000, "val": 400}}))
     return root
 

@@ -74,8 +74,10 @@ def param_table(cfg: ModelConfig, seq_len: int) -> str:
     parts = param_breakdown(model, cfg)
     flops = train_flops_per_token(cfg, parts, seq_len)
     total = parts["total"]
-    lines = [f"model {cfg.name}: {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.attention.upper()}, "
-             f"{cfg.n_routed_experts} routed experts (top-{cfg.top_k}), {cfg.n_shared_experts} shared", "",
+    n_moe = sum(map(cfg.is_moe_layer, range(cfg.n_layers)))
+    ffn = (f"{cfg.n_routed_experts} routed experts (top-{cfg.top_k}), {cfg.n_shared_experts} shared" if n_moe
+           else f"dense MLP {cfg.dense_intermediate_size} wide (no routed experts)")
+    lines = [f"model {cfg.name}: {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.attention.upper()}, {ffn}", "",
              f"{'part':<22}{'params':>14}{'share':>9}", "-" * 45]
     for name, n in parts.items():
         if name in ("dense_total", "total", "active_per_token"):

@@ -1,14 +1,18 @@
 """A non-editable install (a wheel) finds its configs and resources through the package, from any directory."""
 
+import shutil
 import subprocess
 import sys
 
 
 def test_wheel_runs_from_another_directory(tmp_path, repo_root):
-    wheel_dir, target, cwd = tmp_path / "wheel", tmp_path / "site", tmp_path / "elsewhere"
+    src, wheel_dir, target, cwd = (tmp_path / n for n in ("src", "wheel", "site", "elsewhere"))
     cwd.mkdir()
+    # a copy of the sources: setuptools writes build/ and *.egg-info beside them
+    shutil.copytree(repo_root, src, ignore=shutil.ignore_patterns(".git", ".venv", "runs", "multirun", "outputs", "build",
+                                                                  "*.egg-info", "__pycache__", ".pytest_cache"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheel_dir),
-                    str(repo_root)], check=True, capture_output=True)
+                    str(src)], check=True, capture_output=True)
     (wheel,) = wheel_dir.glob("moe_lm-*.whl")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
                    check=True, capture_output=True)

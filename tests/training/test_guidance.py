@@ -36,6 +36,7 @@ def test_supervision_loss_is_the_cross_entropy_toward_each_domains_expert():
 
 
 def _fit(shards, *extra, steps=40, ckpt_in=None, monitor=None):
+    """moe_tiny on the fake shards; the run's files (routing/*.json, heatmaps) go beside the shards."""
     cfg = compose(["model=moe_tiny", "data=domains", f"data.shards={shards}", "data.seq_len=16", "data.batch_size=4",
                    "data.round_robin_web=false", "precision=fp32", "optimizer.lr=1e-2", "scheduler.warmup_steps=2",
                    "trainer.log_every_n_steps=1", *extra])
@@ -46,7 +47,8 @@ def _fit(shards, *extra, steps=40, ckpt_in=None, monitor=None):
     trainer = L.Trainer(max_steps=steps, max_epochs=-1, accelerator="cpu", logger=False, enable_progress_bar=False,
                         enable_checkpointing=False, enable_model_summary=False, callbacks=callbacks,
                         limit_val_batches=2 if monitor else 0, val_check_interval=steps if monitor else None,
-                        check_val_every_n_epoch=None, num_sanity_val_steps=0, log_every_n_steps=1)
+                        check_val_every_n_epoch=None, num_sanity_val_steps=0, log_every_n_steps=1,
+                        default_root_dir=str(shards.parent))
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_in)
     return trainer, curve.history
 
@@ -56,7 +58,10 @@ def test_guided_warm_start_routes_each_domain_to_its_expert(fake_shards):
     guided, _ = _fit(fake_shards, *steps, "routing.warm_start=guided", "routing.guided_coef=1.0", monitor=True)
     control, _ = _fit(fake_shards, *steps, "routing.warm_start=round_robin", monitor=True)
     g, c = float(guided.callback_metrics["spec/own_share"]), float(control.callback_metrics["spec/own_share"])
-    assert g > 0.6 and g > c + 0.3, (g, c)  # uniform would be 0.2
+    # top-2 routing puts at most half of a token's slots on one expert: the share's ceiling is 0.5, uniform is 0.2
+    assert g > 0.4 and c < 0.3, (g, c)
+    g1, c1 = float(guided.callback_metrics["spec/top1_own"]), float(control.callback_metrics["spec/top1_own"])
+    assert g1 > 0.5 and c1 < 0.35, (g1, c1)
     assert "train/guided_loss" in guided.callback_metrics and "train/guided_loss" not in control.callback_metrics
 
 
@@ -69,7 +74,7 @@ def test_the_term_is_absent_after_the_warm_start(fake_shards, monkeypatch):
     trainer, _ = _fit(fake_shards, "data.round_robin_steps=3", "routing.warm_start=guided",
                       "routing.guided_anneal=constant", steps=6)
     assert len(calls) == 3  # steps 0, 1, 2 of the warm start; nothing computed or added after it
-    assert float(trainer.callback_metrics["train/guided_coef"]) == 0.1
+    assert float(trainer.callback_metrics["train/guided_coef"]) == pytest.approx(0.1)
 
 
 def test_resume_in_the_middle_of_the_warm_start_continues_the_annealing_exactly(tmp_path, fake_shards):

@@ -1,1 +1,0 @@
-"""Data: tokenizer, datasets and Lightning data modules."""

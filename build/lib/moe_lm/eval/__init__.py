@@ -1,1 +1,0 @@
-"""Evaluation: routing statistics, the overfit demo checks, sweep reports and figures."""

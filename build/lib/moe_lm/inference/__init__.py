@@ -1,1 +1,0 @@
-"""Inference: the checkpoint loader, KV-cached decoding, logits processors, beam search, logit lens."""

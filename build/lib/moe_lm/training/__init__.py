@@ -1,1 +1,0 @@
-"""Training with Lightning: the LightningModule, its callbacks, checkpointing and one run from config."""
