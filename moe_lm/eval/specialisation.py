@@ -10,8 +10,8 @@ own-expert scores and the mutual information leave out.
 - NMI: mutual information between domain and chosen expert over the expert domains' slots, divided by the
   mean of the two entropies (scikit-learn's arithmetic normalisation): 1 for a one-to-one map, 0 when the
   expert does not depend on the domain;
-- per-domain routing entropy (nats) of the domain's expert shares, and the load coefficient of variation
-  (std / mean of the expert loads over all domains' slots).
+- per-domain routing entropy (nats) and coefficient of variation (std / mean) of the domain's expert shares,
+  and the load coefficient of variation over all domains' slots (`load_cv`).
 Per-layer values are averaged over layers for the headline numbers.
 """
 
@@ -60,7 +60,9 @@ def specialisation_metrics(counts: torch.Tensor, top1: torch.Tensor, domains: Se
     c = counts.double()
     shares = c / c.sum(-1, keepdim=True).clamp_min(1)  # (L, D, E)
     ent = _entropy(shares).mean(0)  # (D,)
+    cv = (shares.std(-1, unbiased=False) / shares.mean(-1).clamp_min(1e-12)).mean(0)  # (D,)
     out.update({f"entropy/{n}": float(ent[d]) for d, n in enumerate(domains)})
+    out.update({f"load_cv/{n}": float(cv[d]) for d, n in enumerate(domains)})
     load = c.sum(1)  # (L, E)
     out["load_cv"] = float((load.std(-1, unbiased=False) / load.mean(-1).clamp_min(1e-12)).mean())
     return out

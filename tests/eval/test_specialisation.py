@@ -22,6 +22,7 @@ def test_perfect_specialisation_scores_one():
     assert m["nmi"] == pytest.approx(1.0)  # over the expert domains: web has no expert and is left out
     assert m["entropy/math"] == pytest.approx(0.0) and m["entropy/web"] == pytest.approx(math.log(5))
     assert m["load_cv"] == pytest.approx(0.0)
+    assert m["load_cv/math"] == pytest.approx(2.0) and m["load_cv/web"] == pytest.approx(0.0)  # one-hot row: std 0.4
     assert set(m) >= {"own_share/math", "top1_own/chat", "own_share/layer1", "nmi/layer0"}
 
 
