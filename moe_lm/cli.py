@@ -7,6 +7,7 @@ impossible value, a missing file or checkpoint) ends in one line on stderr and e
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -32,8 +33,30 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return ConfigError, CheckpointError, FileNotFoundError, ConnectionError, HydraException, OmegaConfBaseException
 
 
+def unknown_keys(node: Any, prefix: str = "") -> list[str]:
+    """Keys that no schema declares. Hydra lets `+group.key=value` add them, and converting to the dataclasses
+    would drop them silently."""
+    if not isinstance(node, DictConfig):
+        return []
+    schema = OmegaConf.get_type(node)
+    fields = {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
+    found = []
+    for key in node.keys():
+        if key == "hydra":
+            continue
+        if fields is not None and key not in fields:
+            found.append(f"{prefix}{key}")
+        else:
+            found += unknown_keys(node._get_node(key), f"{prefix}{key}.")
+    return found
+
+
 def validate(cfg: DictConfig) -> Any:
-    """DictConfig -> validated dataclasses: every `__post_init__` check, then the checks that need moe_lm.data."""
+    """DictConfig -> validated dataclasses: no unknown key, every `__post_init__` check, then the checks that
+    need moe_lm.data."""
+    unknown = unknown_keys(cfg)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: not a setting of this command (unknown keys: {unknown})")
     obj = OmegaConf.to_object(cfg)
     if isinstance(obj, TrainConfig) and isinstance(obj.data, DomainsDataConfig):
         from moe_lm.data.formatters import check_formatters

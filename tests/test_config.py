@@ -78,3 +78,8 @@ def test_data_groups_pick_their_schema():
     assert lines.data.path.endswith("moe_lm/resources/overfit_100_lines.txt") and lines.data.path.startswith("/")
     with pytest.raises(ConfigCompositionException):  # a key of the other pipeline is an unknown key
         compose(["data.round_robin_steps=3"])
+
+
+def test_an_appended_key_no_schema_declares_fails_naming_it():
+    with pytest.raises(ConfigError, match=r"trainer\.num_nodes"):  # `+` lets Hydra add it; nothing would read it
+        compose(["+trainer.num_nodes=2"])
