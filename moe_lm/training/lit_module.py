@@ -47,7 +47,8 @@ class MoELitModule(L.LightningModule):
         out = self.model(batch["input_ids"], logits_at=valid, token_mask=valid)
         ce = F.cross_entropy(out.logits.float(), targets[valid])
         m = self.cfg.model
-        loss = ce + (m.aux_loss_coef * out.aux_loss if m.use_aux_loss else 0) + (m.z_loss_coef * out.z_loss if m.use_z_loss else 0)
+        loss = (ce + (m.aux_loss_coef * out.aux_loss if m.use_aux_loss else 0)
+                + (m.z_loss_coef * out.z_loss if m.use_z_loss else 0))
         guide = guided_coef(self.cfg.routing, self.global_step, self.warm_steps) if self.training else 0.0
         if guide > 0:  # exactly nothing outside the guided warm start
             sup = router_supervision_loss(out.router_logits, batch["domain"], self.domain_expert, valid)

@@ -1,7 +1,6 @@
 from collections import Counter
 from pathlib import Path
 
-import pytest
 
 from moe_lm.cli import compose
 from moe_lm.data.formatters import ROLE_TOKENS, Skip, format_records, oasst1_threads
