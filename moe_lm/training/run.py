@@ -1,13 +1,16 @@
 """One training run from a validated TrainConfig: data, model, callbacks, loggers, Trainer; fit; artefacts.
 
 Artefacts in the run directory: `checkpoints/{last,final}.ckpt` (or under `checkpoint.dir`), `model.safetensors`,
-`tokenizer.json` (overfit demo), `loss_curve.png`, `csv/metrics.csv`, `routing/` heatmaps, `result.json`.
+`tokenizer.json` (overfit demo), `loss_curve.png`, `csv/metrics.csv` (continued across resumes), `routing/`
+heatmaps and scores, `config.yaml` (the resolved config), `result.json`. A run stopped by SIGTERM/SIGINT keeps
+its `last.ckpt` and writes no final artefacts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
+import signal
 import time
 import warnings
 from datetime import timedelta
@@ -23,28 +26,12 @@ from moe_lm.model.counting import param_breakdown, train_flops_per_token
 from moe_lm.training.callbacks import FirstBatchPrinter, LossCurve, StepProgressBar, Throughput
 from moe_lm.training.checkpointing import AtomicCheckpointIO, RunState, SaveOnSignal, resolve_resume
 from moe_lm.training.lit_module import MoELitModule
+from moe_lm.training.loggers import build_loggers
 from moe_lm.training.routing_monitor import RoutingMonitor
 
 
 def checkpoint_dir(cfg: TrainConfig, out_dir: Path) -> Path:
     return Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else out_dir / "checkpoints"
-
-
-def build_loggers(cfg: TrainConfig, out_dir: Path, resume_from: str | None = None) -> list:
-    from lightning.pytorch.loggers import CSVLogger, WandbLogger
-
-    from moe_lm.inference.checkpoint import read_checkpoint
-
-    loggers: list = []
-    if cfg.logger.csv:
-        loggers.append(CSVLogger(str(out_dir), name="csv", version="", flush_logs_every_n_steps=cfg.trainer.log_every_n_steps))
-    if cfg.logger.wandb and cfg.logger.wandb_mode != "disabled":
-        os.environ.setdefault("WANDB_MODE", cfg.logger.wandb_mode)
-        run_id = read_checkpoint(resume_from, "checkpoint.resume").get("wandb_run_id") if resume_from else None
-        loggers.append(WandbLogger(project=cfg.logger.project, save_dir=str(out_dir), id=run_id, resume="allow",
-                                   offline=cfg.logger.wandb_mode == "offline",
-                                   name=cfg.logger.name or out_dir.name, group=cfg.logger.group or None))
-    return loggers
 
 
 def build_callbacks(cfg: TrainConfig, out_dir: Path, module: MoELitModule, tok) -> list[L.Callback]:
@@ -53,7 +40,8 @@ def build_callbacks(cfg: TrainConfig, out_dir: Path, module: MoELitModule, tok) 
     ck, ckdir = cfg.checkpoint, checkpoint_dir(cfg, out_dir)
     flops = train_flops_per_token(cfg.model, param_breakdown(module.model, cfg.model), cfg.data.seq_len)
     callbacks: list[L.Callback] = [
-        ModelCheckpoint(dirpath=str(ckdir), save_last=True, save_top_k=0), SaveOnSignal(ckdir / "last.ckpt"), RunState(),
+        ModelCheckpoint(dirpath=str(ckdir), save_last=True, save_top_k=0, enable_version_counter=False),
+        SaveOnSignal(ckdir / "last.ckpt"), RunState(),
         LossCurve(out_dir / "loss_curve.png", f"{cfg.model.name} on {cfg.data.describe()}"),
         Throughput(flops, cfg.trainer.peak_flops),
         RoutingMonitor(module.domains, cfg.model.n_routed_experts, cfg.model.first_k_dense,
@@ -62,9 +50,10 @@ def build_callbacks(cfg: TrainConfig, out_dir: Path, module: MoELitModule, tok) 
         callbacks.append(FirstBatchPrinter(tok))
     if ck.every_n_steps:
         callbacks.append(ModelCheckpoint(dirpath=str(ckdir), filename="step{step:07d}", auto_insert_metric_name=False,
-                                         every_n_train_steps=ck.every_n_steps, save_top_k=-1, save_last=True))
+                                         every_n_train_steps=ck.every_n_steps, save_top_k=-1, save_last=True,
+                                         enable_version_counter=False))
     if ck.every_minutes:
-        callbacks.append(ModelCheckpoint(dirpath=str(ckdir), save_last=True, save_top_k=0,
+        callbacks.append(ModelCheckpoint(dirpath=str(ckdir), save_last=True, save_top_k=0, enable_version_counter=False,
                                          train_time_interval=timedelta(minutes=ck.every_minutes)))
     if cfg.trainer.progress_bar:
         callbacks.append(StepProgressBar(leave=True))
@@ -103,6 +92,17 @@ def save_artefacts(trainer: L.Trainer, module: MoELitModule, cfg: TrainConfig, o
     save_model(module.model, str(out / "model.safetensors"))
 
 
+def record_config(trainer: L.Trainer, cfg: TrainConfig, out: Path) -> None:
+    """The resolved config as every logger's hyper-parameters and as `<out>/config.yaml` beside the artefacts."""
+    from omegaconf import OmegaConf
+
+    params = dataclasses.asdict(cfg)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(params)
+    if trainer.is_global_zero:
+        (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(params)))
+
+
 def train(cfg: TrainConfig, out_dir: str | Path) -> dict[str, Any]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -117,20 +117,27 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict[str, Any]:
     ckpt_path = resolve_resume(cfg.checkpoint.resume, checkpoint_dir(cfg, out))
     callbacks = build_callbacks(cfg, out, module, tok)
     trainer = build_trainer(cfg, out, callbacks, ckpt_path)
+    record_config(trainer, cfg, out)
     if ckpt_path:
         print(f"resuming from {ckpt_path}")
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     result = summary(cfg, trainer, module, time.perf_counter() - t0, next(c for c in callbacks if isinstance(c, LossCurve)))
+    stopped = next(c for c in callbacks if isinstance(c, SaveOnSignal)).received
     if not trainer.is_global_zero or cfg.trainer.fast_dev_run:
         return result
-    save_artefacts(trainer, module, cfg, out)
-    print(f"train loss {result.get('final_train_loss', float('nan')):.4f} (last batch) after {result['steps']} steps "
-          f"in {result['wall_s']:.0f} s; artefacts in {out}")
-    if cfg.eval.reproduce_lines > 0:
-        from moe_lm.eval.overfit import overfit_report
+    if stopped is not None:  # last.ckpt is saved; the run is not finished, so no final artefacts
+        result["stopped_by"] = signal.Signals(stopped).name
+        print(f"stopped by {result['stopped_by']} at step {result['steps']} of {cfg.trainer.max_steps}; "
+              f"continue with checkpoint.resume=auto")
+    else:
+        save_artefacts(trainer, module, cfg, out)
+        print(f"train loss {result.get('final_train_loss', float('nan')):.4f} (last batch) after {result['steps']} "
+              f"steps in {result['wall_s']:.0f} s; artefacts in {out}")
+        if cfg.eval.reproduce_lines > 0:
+            from moe_lm.eval.overfit import overfit_report
 
-        result.update(overfit_report(module.model, dm, tok, cfg.eval))
+            result.update(overfit_report(module.model, dm, tok, cfg.eval))
     (out / "result.json").write_text(json.dumps(result, indent=2))
     return result
 
