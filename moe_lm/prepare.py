@@ -16,10 +16,13 @@ def main(cfg: TrainConfig) -> None:
     from moe_lm.data.prepare import prepare
 
     metas = prepare(cfg)
-    print("| domain | train tokens | val tokens | documents | skipped |\n|---|---:|---:|---:|---:|")
+    print("| domain | train tokens | val tokens | documents | skipped | sources short of their share |\n"
+          "|---|---:|---:|---:|---:|---|")
     for name, m in metas.items():
+        short = ", ".join(f"{s['hub_id'] or s['local_file']} ({s['tokens']:,} of {s['share']:,})"
+                          for s in m["sources"] if s.get("exhausted")) or "-"
         print(f"| {name} | {m['tokens']['train']:,} | {m['tokens']['val']:,} | "
-              f"{sum(m['documents'].values()):,} | {sum(m['skipped'].values()):,} |")
+              f"{sum(m['documents'].values()):,} | {sum(m['skipped'].values()):,} | {short} |")
 
 
 if __name__ == "__main__":

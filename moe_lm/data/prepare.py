@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -146,11 +147,17 @@ def prepare_domain(cfg: TrainConfig, name: str, tok: Tokenizer, progress: Progre
             if progress:
                 progress.update(task, completed=sum(state["per_source_tokens"]))
     writer.finish()
+    shares = [domain.token_budget * s.weight / total_w for s in domain.sources]
     meta = {**{k: state[k] for k in ("tokenizer_hash", "token_budget", "tokens", "documents", "skipped", "text_bytes")},
             "dtype": dtype.name, "expert": domain.expert,
             "sources": [{"hub_id": s.hub_id, "config": s.config, "split": s.split, "local_file": s.local_file,
-                         "documents": state["consumed"][i], "tokens": state["per_source_tokens"][i]}
+                         "documents": state["consumed"][i], "tokens": state["per_source_tokens"][i],
+                         "share": round(shares[i]), "exhausted": state["per_source_tokens"][i] < shares[i]}
                         for i, s in enumerate(domain.sources)]}
+    for src in meta["sources"]:
+        if src["exhausted"]:
+            warnings.warn(f"data.domains.{name}: source {src['hub_id'] or src['local_file']} ran out at "
+                          f"{src['tokens']:,} of its {src['share']:,} tokens; the domain is short of its budget")
     write_json_atomic(meta_path, meta)
     prog_path.unlink(missing_ok=True)
     return meta

@@ -7,6 +7,7 @@ so the caller can count it.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Iterator, Union
@@ -53,6 +54,9 @@ def hub_load_args(src: SourceConfig) -> tuple[tuple, dict[str, Any]]:
     return (builder,), {"data_files": files, "split": "train", "streaming": True}  # one glob = one "train" split
 
 
+OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+
+
 def iter_hub(src: SourceConfig, retries: int = 5, backoff_s: float = 2.0) -> Iterator[dict[str, Any]]:
     """Stream a source from the HF hub, retrying the connection with exponential backoff.
 
@@ -60,6 +64,10 @@ def iter_hub(src: SourceConfig, retries: int = 5, backoff_s: float = 2.0) -> Ite
     """
     from datasets import load_dataset
 
+    for var in OFFLINE_VARS:  # streaming always reads the hub: offline, say so now instead of retrying for a minute
+        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
+            raise ConnectionError(f"source {src.hub_id}: {var} is set, so the hub cannot be streamed; use "
+                                  f"data.source=local (with paths.data_root) or unset {var}")
     done, attempt = 0, 0
     while True:
         try:

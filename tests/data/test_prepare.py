@@ -41,7 +41,10 @@ def read_docs(root: Path, split: str, eot: int = 0) -> list[tuple[int, ...]]:
 
 
 def test_prepare_is_deterministic_idempotent_and_split_by_document(tmp_path, tok_path, shared_data):
-    metas = prepare(compose(overrides(shared_data, tmp_path / "a", tok_path)))
+    with pytest.warns(UserWarning, match=r"data\.domains\.chat: source databricks/databricks-dolly-15k ran out at 0 of"):
+        metas = prepare(compose(overrides(shared_data, tmp_path / "a", tok_path)))  # dolly has no local sample
+    dolly = metas["chat"]["sources"][1]
+    assert dolly["exhausted"] and dolly["tokens"] == 0 and dolly["share"] == 18_000
     m = metas["math"]
     assert m["tokens"]["train"] + m["tokens"]["val"] >= 300_000 and m["tokens"]["val"] > 0
     assert m["dtype"] == "uint16" and m["expert"] == 0

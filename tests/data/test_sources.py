@@ -4,6 +4,21 @@ from moe_lm.config import SourceConfig
 from moe_lm.data import sources
 
 
+@pytest.fixture(autouse=True)
+def hub_switched_on(monkeypatch):
+    """These tests fake the hub (load_dataset is monkeypatched); the suite runs with it switched off."""
+    for var in sources.OFFLINE_VARS:
+        monkeypatch.delenv(var, raising=False)
+
+
+def test_offline_mode_fails_at_once_naming_the_variable(monkeypatch):
+    import datasets
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("must not try the hub"))
+    with pytest.raises(ConnectionError, match="HF_HUB_OFFLINE is set.*data.source=local"):
+        list(sources.iter_hub(SourceConfig(hub_id="openai/gsm8k"), retries=5, backoff_s=10.0))
+
 def test_hub_errors_are_retried_then_fail_naming_the_source(monkeypatch):
     calls = []
 
