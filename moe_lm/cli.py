@@ -8,6 +8,7 @@ impossible value, a missing file or checkpoint) ends in one line on stderr and e
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -111,6 +112,9 @@ def run_command(main: Callable[[Any], None], config_name: str, doc: str | None, 
         for key, value in texts.items():
             setattr(cfg, key, value)
         main(cfg)
+    except BrokenPipeError:  # the reader went away (`| head`): nothing more to say, and nothing to flush
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     except user_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
