@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from moe_lm.cli import compose
 from moe_lm.data.shards import DomainDataModule
 from moe_lm.model import MoETransformer
-from moe_lm.data.prepare import prepare
-from moe_lm.data.tokenizer import train_domain_tokenizer
+from moe_lm.data.shard_writer import prepare
+from moe_lm.data.bpe import train_domain_tokenizer
 
 
 def train_step_tokens_per_s(batch: int, seq: int, steps: int = 2) -> float:

@@ -15,7 +15,7 @@ import sys
 from collections import Counter, defaultdict
 
 from moe_lm.data.text_lines import aligned_windows, encode_lines, line_stream, pack_lines, read_lines
-from moe_lm.data.tokenizer import eot_id, train_bpe
+from moe_lm.data.bpe import eot_id, train_bpe
 
 
 def per_line_floor(samples: list[list[int]]) -> float:

@@ -15,7 +15,7 @@ from moe_lm.config import GenerateConfig, SamplingConfig
 
 
 def main(cfg: GenerateConfig) -> None:
-    from moe_lm.data.tokenizer import EOT, chat_text, has_chat_tokens
+    from moe_lm.data.bpe import EOT, chat_text, has_chat_tokens
     from moe_lm.inference.checkpoint import CheckpointError, load_model
     from moe_lm.inference.decode import stream_text
 

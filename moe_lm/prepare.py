@@ -2,7 +2,7 @@
 
 Streams each domain's sources (hub, or local files with the same schemas), tokenises them with
 `prepare.tokenizer` and writes `<prepare.out>/<domain>/{train,val}.bin` and `meta.json` until each
-domain's token budget (moe_lm/data/prepare.py). Re-running skips finished domains and resumes a
+domain's token budget (moe_lm/data/shard_writer.py). Re-running skips finished domains and resumes a
 killed run where its last progress checkpoint left off.
 """
 
@@ -13,7 +13,7 @@ from moe_lm.config import TrainConfig
 
 
 def main(cfg: TrainConfig) -> None:
-    from moe_lm.data.prepare import prepare
+    from moe_lm.data.shard_writer import prepare
 
     metas = prepare(cfg)
     print("| domain | train tokens | val tokens | documents | skipped | sources short of their share |\n"

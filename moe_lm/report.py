@@ -2,7 +2,7 @@
 
 Reads every `result.json` below SWEEP_DIR (one per finished run). A depth x seq_len sweep: a table (params,
 active params, tokens, wall time, final train and val loss per run) and val loss against depth
-(moe_lm/eval/report.py). The specialisation ablation: per arm, mean +/- half range over seeds of the val loss
+(moe_lm/eval/sweep_report.py). The specialisation ablation: per arm, mean +/- half range over seeds of the val loss
 per domain, the specialisation scores and the step time, with val loss per domain and own-expert share over
 training as figures (moe_lm/eval/ablation.py).
 """
@@ -16,7 +16,7 @@ from moe_lm.config import ReportConfig
 
 
 def main(cfg: ReportConfig) -> None:
-    from moe_lm.eval.report import write_report
+    from moe_lm.eval.sweep_report import write_report
 
     sweep = Path(cfg.dir)
     md, figures = write_report(sweep)

@@ -1,7 +1,7 @@
 """Train the multi-domain tokenizer: `python -m moe_lm.tokenizer data=domains data.source=local|hub [overrides]`.
 
 A byte-level BPE with `<|endoftext|>` and the chat role tokens, trained on a domain-balanced sample
-(moe_lm/data/tokenizer.py). Writes `tokenizer.json` and `tokenizer.meta.json` under `tokenizer.out` and
+(moe_lm/data/bpe.py). Writes `tokenizer.json` and `tokenizer.meta.json` under `tokenizer.out` and
 prints bytes per token per domain.
 """
 
@@ -14,7 +14,7 @@ from moe_lm.config import ConfigError, DomainsDataConfig, TrainConfig
 
 
 def main(cfg: TrainConfig) -> None:
-    from moe_lm.data.tokenizer import save_tokenizer, train_domain_tokenizer
+    from moe_lm.data.bpe import save_tokenizer, train_domain_tokenizer
 
     if not isinstance(cfg.data, DomainsDataConfig):
         raise ConfigError("data: the tokenizer is trained on the multi-domain data group (data=domains)")

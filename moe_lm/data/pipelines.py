@@ -27,7 +27,7 @@ def check_vocab(tok: Tokenizer, cfg: TrainConfig) -> Tokenizer:
 
 def lines_pipeline(cfg: TrainConfig, out_dir: Path) -> tuple[Tokenizer, L.LightningDataModule]:
     from moe_lm.data.text_lines import TextLinesDataModule, read_lines
-    from moe_lm.data.tokenizer import train_bpe
+    from moe_lm.data.bpe import train_bpe
 
     tok = check_vocab(train_bpe(read_lines(cfg.data.path), cfg.data.tokenizer_vocab_size), cfg)
     tok.save(str(out_dir / "tokenizer.json"))
@@ -35,9 +35,9 @@ def lines_pipeline(cfg: TrainConfig, out_dir: Path) -> tuple[Tokenizer, L.Lightn
 
 
 def domains_pipeline(cfg: TrainConfig, out_dir: Path) -> tuple[Tokenizer, L.LightningDataModule]:
-    from moe_lm.data.prepare import prepare
+    from moe_lm.data.shard_writer import prepare
     from moe_lm.data.shards import DomainDataModule
-    from moe_lm.data.tokenizer import save_tokenizer, train_domain_tokenizer
+    from moe_lm.data.bpe import save_tokenizer, train_domain_tokenizer
 
     tok_path = Path(cfg.prepare.tokenizer)
     if not tok_path.is_file():

@@ -30,7 +30,7 @@ from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from moe_lm.config import ConfigError, LinesDataConfig
-from moe_lm.data.tokenizer import eot_id
+from moe_lm.data.bpe import eot_id
 
 IGNORE_INDEX = -100
 

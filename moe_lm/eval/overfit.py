@@ -10,7 +10,7 @@ from tokenizers import Tokenizer
 
 from moe_lm.config import EvalConfig
 from moe_lm.data.text_lines import IGNORE_INDEX, TextLinesDataModule
-from moe_lm.data.tokenizer import eot_id
+from moe_lm.data.bpe import eot_id
 from moe_lm.inference.decode import greedy_decode
 from moe_lm.model import MoETransformer
 

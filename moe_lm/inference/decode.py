@@ -99,7 +99,7 @@ def cut_at_stop(text: str, stops: Iterable[str]) -> tuple[str, bool]:
 
 def generate(model: MoETransformer, tokenizer, prompts: list[str], **sampling) -> list[str]:
     """Text in, text out, for a batch of prompts of any lengths. `sampling`: SamplingConfig fields."""
-    from moe_lm.data.tokenizer import EOT
+    from moe_lm.data.bpe import EOT
 
     cfg = SamplingConfig(**sampling)
     eot = tokenizer.token_to_id(EOT)

@@ -26,7 +26,7 @@ def logit_lens(model: MoETransformer, ids: list[int], top: int = 5):
 
 
 def report(model: MoETransformer, tok, prompt: str, top: int = 5) -> str:
-    from moe_lm.data.tokenizer import EOT
+    from moe_lm.data.bpe import EOT
 
     eot = tok.token_to_id(EOT)
     ids = ([eot] if eot is not None else []) + tok.encode(prompt).ids

@@ -1,7 +1,7 @@
 import pytest
 
 from moe_lm.data.text_lines import IGNORE_INDEX, CircularWindows, collate, encode_lines, line_stream, read_lines
-from moe_lm.data.tokenizer import EOT, train_bpe
+from moe_lm.data.bpe import EOT, train_bpe
 
 
 def test_collate_shifts_targets_by_one_and_ignores_padding():

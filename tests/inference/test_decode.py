@@ -47,7 +47,7 @@ def test_greedy_generation_matches_recompute_and_seed_reproduces(make_model_cfg)
 
 
 def test_text_api_with_stop_string(make_model_cfg):
-    from moe_lm.data.tokenizer import train_bpe
+    from moe_lm.data.bpe import train_bpe
 
     tok = train_bpe(["hello world, hello there. general kenobi!"] * 5, 300)
     model = MoETransformer(make_model_cfg(vocab_size=tok.get_vocab_size())).eval()
@@ -85,7 +85,7 @@ def test_prompt_longer_than_context_is_truncated_with_a_warning(make_model_cfg):
 
 
 def test_chat_template_uses_role_tokens_or_plain_text():
-    from moe_lm.data.tokenizer import ROLE_TOKENS, SPECIAL_TOKENS, chat_text, train_bpe
+    from moe_lm.data.bpe import ROLE_TOKENS, SPECIAL_TOKENS, chat_text, train_bpe
 
     msgs = [("user", "hi"), ("assistant", "hello"), ("user", "how are you?")]
     plain = train_bpe(["hi hello how are you"] * 3, 300)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from moe_lm.cli import compose
-from moe_lm.data.prepare import prepare
-from moe_lm.data.tokenizer import train_domain_tokenizer
+from moe_lm.data.shard_writer import prepare
+from moe_lm.data.bpe import train_domain_tokenizer
 
 DROP = [f"~data.domains.{d}" for d in ("code", "science", "legal", "web")]
 

@@ -1,7 +1,7 @@
 from moe_lm.cli import compose
 from moe_lm.data.formatters import ROLE_TOKENS, Skip, format_records
 from moe_lm.data.sources import iter_source
-from moe_lm.data.tokenizer import train_domain_tokenizer
+from moe_lm.data.bpe import train_domain_tokenizer
 
 
 def test_domain_tokenizer_round_trips_every_shared_record(tmp_path, shared_data):

@@ -29,7 +29,7 @@ from moe_lm.config import ConfigError, DomainConfig, DomainsDataConfig, TrainCon
 from moe_lm.data.atomic import write_json_atomic
 from moe_lm.data.formatters import Skip, format_records
 from moe_lm.data.sources import iter_source
-from moe_lm.data.tokenizer import eot_id, tokenizer_hash
+from moe_lm.data.bpe import eot_id, tokenizer_hash
 
 SPLITS = ("train", "val")
 
