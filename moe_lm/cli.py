@@ -2,7 +2,9 @@
 
 Every command takes Hydra overrides (`key=value`, `group=option`, `+experiment=NAME`) composed against the
 YAML files in `conf/` and validated by the schemas in `moe_lm/config.py`. Bad input (an unknown key, an
-impossible value, a missing file or checkpoint) ends in one line on stderr and exit status 2, no traceback.
+impossible value, a missing or unreadable file, a full disk) ends in one line on stderr, `error: <key or path>:
+<what is wrong>`, and exit status 2, no traceback; a training run that diverges exits 1 the same way.
+`--debug` (or MOE_LM_DEBUG=1) shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -10,13 +12,17 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
 from moe_lm.config import ConfigError, DomainsDataConfig, TrainConfig, register_configs
+from moe_lm.errors import NonFiniteError
 from moe_lm.inference.checkpoint import CheckpointError
+
+DEBUG_VAR = "MOE_LM_DEBUG"
 
 
 def conf_dir() -> Path:
@@ -29,9 +35,48 @@ def conf_dir() -> Path:
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input rather than a bug: reported in one line."""
     from hydra.errors import HydraException
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
     from omegaconf.errors import OmegaConfBaseException
 
-    return ConfigError, CheckpointError, FileNotFoundError, ConnectionError, HydraException, OmegaConfBaseException
+    # OSError: a missing or unreadable file, a full disk, an unreachable hub (ConnectionError)
+    return ConfigError, CheckpointError, OSError, HydraException, OmegaConfBaseException, MisconfigurationException
+
+
+def describe(e: BaseException) -> str:
+    """`<key or path>: <what is wrong>` for an error from `user_errors()`."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    if isinstance(e, OSError) and e.filename and e.strerror:  # raised by the OS: name the file it was about
+        return f"{e.filename}: {e.strerror}"
+    if isinstance(e, MisconfigurationException):  # Lightning refusing a trainer.* setting on this machine
+        return f"trainer: {e}"
+    return str(e)
+
+
+def debug_requested(argv: list[str]) -> bool:
+    """Remove `--debug` from argv (in place); True if it was there or MOE_LM_DEBUG is set."""
+    flag = "--debug" in argv
+    while "--debug" in argv:
+        argv.remove("--debug")
+    if flag:
+        os.environ[DEBUG_VAR] = "1"
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+    return os.environ.get(DEBUG_VAR, "") not in ("", "0")
+
+
+@contextmanager
+def reported_errors() -> Iterator[None]:
+    """The one error handler of every command: bad input -> `error: ...` and exit 2; divergence -> exit 1."""
+    try:
+        yield
+    except BrokenPipeError:  # the reader went away (`| head`): nothing more to say, and nothing to flush
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    except (NonFiniteError, *user_errors()) as e:
+        if os.environ.get(DEBUG_VAR, "") not in ("", "0"):
+            raise
+        print(f"error: {describe(e)}", file=sys.stderr)
+        sys.exit(1 if isinstance(e, NonFiniteError) else 2)
 
 
 def unknown_keys(node: Any, prefix: str = "") -> list[str]:
@@ -52,6 +97,19 @@ def unknown_keys(node: Any, prefix: str = "") -> list[str]:
     return found
 
 
+def non_finite_keys(obj: Any, prefix: str = "") -> list[str]:
+    """Float settings that are nan or inf (no setting means either)."""
+    import math
+
+    if dataclasses.is_dataclass(obj):
+        return [k for f in dataclasses.fields(obj) for k in non_finite_keys(getattr(obj, f.name), f"{prefix}{f.name}.")]
+    if isinstance(obj, dict):
+        return [k for key, v in obj.items() for k in non_finite_keys(v, f"{prefix}{key}.")]
+    if isinstance(obj, (list, tuple)):
+        return [k for i, v in enumerate(obj) for k in non_finite_keys(v, f"{prefix}{i}.")]
+    return [prefix[:-1]] if isinstance(obj, float) and not math.isfinite(obj) else []
+
+
 def validate(cfg: DictConfig) -> Any:
     """DictConfig -> validated dataclasses: no unknown key, every `__post_init__` check, then the checks that
     need moe_lm.data."""
@@ -59,6 +117,9 @@ def validate(cfg: DictConfig) -> Any:
     if unknown:
         raise ConfigError(f"{unknown[0]}: not a setting of this command (unknown keys: {unknown})")
     obj = OmegaConf.to_object(cfg)
+    bad = non_finite_keys(obj)
+    if bad:
+        raise ConfigError(f"{bad[0]}: must be a finite number, got {OmegaConf.select(cfg, bad[0])}")
     if isinstance(obj, TrainConfig) and isinstance(obj.data, DomainsDataConfig):
         from moe_lm.data.formatters import check_formatters
 
@@ -103,7 +164,8 @@ def run_command(main: Callable[[Any], None], config_name: str, doc: str | None, 
                 argv: Sequence[str] | None = None) -> None:
     """Parse argv as overrides of `config_name`, validate, call `main(cfg)`; bad input exits 2 with one line."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
+    debug_requested(argv)
+    with reported_errors():
         if "--help" in argv or "-h" in argv:
             print(help_text(doc, config_name))
             return
@@ -112,9 +174,3 @@ def run_command(main: Callable[[Any], None], config_name: str, doc: str | None, 
         for key, value in texts.items():
             setattr(cfg, key, value)
         main(cfg)
-    except BrokenPipeError:  # the reader went away (`| head`): nothing more to say, and nothing to flush
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(1)
-    except user_errors() as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)

@@ -303,6 +303,11 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         _check(self.max_steps > 0, "trainer.max_steps", "must be > 0")
         _check(self.accumulate_grad_batches > 0, "trainer.accumulate_grad_batches", "must be > 0")
+        _check(self.val_check_interval is None or self.val_check_interval > 0, "trainer.val_check_interval",
+               "must be > 0 (optimizer steps between validations) or null (no validation)")
+        _check(self.log_every_n_steps > 0, "trainer.log_every_n_steps", "must be > 0")
+        _check(self.limit_val_batches >= 0, "trainer.limit_val_batches", "must be >= 0")
+        _one_of(self.accelerator, "trainer.accelerator", ("auto", "cpu", "gpu", "cuda", "mps", "tpu"))
 
 
 @dataclass
@@ -443,7 +448,8 @@ class SamplingConfig:
                 raise ConfigError(f"{name}: {msg}, got {getattr(self, name)!r}")
 
         check(self.max_new_tokens > 0, "max_new_tokens", "must be > 0")
-        check(self.temperature >= 0, "temperature", "must be >= 0 (0 = greedy)")
+        check(math.isfinite(self.temperature) and self.temperature >= 0, "temperature",
+              "must be a finite number >= 0 (0 = greedy)")
         check(self.top_k >= 0, "top_k", "must be >= 0 (0 = off)")
         check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
         check(0 <= self.min_p < 1, "min_p", "must be in [0, 1)")

@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from moe_lm.cli import conf_dir, user_errors, validate
+from moe_lm.cli import conf_dir, debug_requested, reported_errors, validate
 from moe_lm.config import register_configs
 
 register_configs()
@@ -21,7 +21,7 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
 def main(dcfg: DictConfig) -> float | None:
-    try:
+    with reported_errors():  # bad input or divergence: one line, no traceback (--debug shows it)
         cfg = validate(dcfg)  # all cross-field checks, before any work
         from moe_lm.training.run import train
 
@@ -30,11 +30,9 @@ def main(dcfg: DictConfig) -> float | None:
             cfg.logger.group = cfg.logger.group or Path(hc.sweep.dir).name
             cfg.logger.name = cfg.logger.name or hc.job.override_dirname or str(hc.job.num)
         result = train(cfg, cfg.out_dir or hc.runtime.output_dir)
-    except user_errors() as e:  # bad input: say what it is, exit cleanly
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     return result.get("final_train_loss")
 
 
 if __name__ == "__main__":
+    debug_requested(sys.argv)
     main()

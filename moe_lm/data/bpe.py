@@ -17,7 +17,7 @@ from typing import Any, Iterable, Iterator
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from moe_lm.config import ConfigError, DomainsDataConfig, TokenizerConfig
-from moe_lm.data.atomic import write_json_atomic, write_text_atomic
+from moe_lm.data.files import write_json_atomic, write_text_atomic
 from moe_lm.data.formatters import ROLE_TOKENS, Skip, format_records, render_chat
 from moe_lm.data.sources import iter_source
 

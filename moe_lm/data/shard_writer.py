@@ -3,13 +3,19 @@
 For each domain: stream its sources' records (hub or local files with the same schema), format them,
 tokenise in batches, and append `<|endoftext|>`-separated documents to `<out>/<domain>/{train,val}.bin`
 (uint16 when the vocabulary fits, else uint32) until the domain's token budget, each source filling its
-weight's share. A document goes wholly to val or train (seeded hash of its position), so none is in both.
+weight's share. A document goes wholly to val or train (seeded hash of its position), so none is in both;
+once a domain has written all but `val_fraction` of its budget, documents go to val until val holds that
+fraction, so a domain of few long documents still gets a validation split.
 
-Nothing is lost on a crash: files grow as `*.partial`, and `progress.json` (rewritten atomically every
-`prepare.checkpoint_every` documents) records how many documents of each source were consumed and the
-byte length of each partial file at that moment. A restart truncates the partial files to those lengths
-and skips the consumed documents, so nothing is duplicated or lost. `meta.json` is written last, after
-the renames: a domain with `meta.json` (and the same tokenizer hash and budget) is finished and skipped.
+Nothing is lost on a crash, and a crash between any two file operations resumes to the same bytes:
+1. files grow as `*.partial`; `progress.json` (written atomically every `prepare.checkpoint_every` documents)
+   records the documents consumed per source and the byte length of each partial file at that moment. A
+   restart truncates the partial files to those lengths (refusing, never padding, a file shorter than recorded)
+   and skips the consumed documents.
+2. at the end, `progress.json` is marked complete, then each `*.partial` is renamed to `*.bin`, then `meta.json`
+   is written, then `progress.json` is removed. A restart finds where that sequence stopped and finishes it.
+A domain with `meta.json` (and the same tokenizer hash and budget) is finished and skipped. `<out>/.lock` keeps a
+second prepare out of the directory while one runs.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from rich.progress import Progress
 from tokenizers import Tokenizer
 
 from moe_lm.config import ConfigError, DomainConfig, DomainsDataConfig, TrainConfig
-from moe_lm.data.atomic import write_json_atomic
+from moe_lm.data.files import DirectoryLock, write_json_atomic
 from moe_lm.data.formatters import Skip, format_records
 from moe_lm.data.sources import iter_source
 from moe_lm.data.bpe import eot_id, tokenizer_hash
@@ -69,10 +75,13 @@ class DomainWriter:
         self.files = {}
         for split in SPLITS:
             path = root / f"{split}.bin.partial"
-            size = state["bytes"][split]
+            size, recorded = (path.stat().st_size if path.exists() else 0), state["bytes"][split]
+            if size < recorded:  # never pad with zeros: the bytes recorded as written are gone
+                raise ConfigError(f"prepare.out: {path} holds {size:,} bytes but progress.json records {recorded:,}; "
+                                  f"delete {root} to prepare this domain again")
             with open(path, "ab"):
                 pass
-            os.truncate(path, size)  # drop whatever was written after the last checkpoint
+            os.truncate(path, recorded)  # drop whatever was written after the last checkpoint
             self.files[split] = open(path, "ab")
 
     def append(self, split: str, ids: list[int]) -> None:
@@ -88,38 +97,32 @@ class DomainWriter:
             os.fsync(f.fileno())
         write_json_atomic(self.root / "progress.json", self.state)
 
-    def finish(self) -> None:
-        self.checkpoint()
-        for split, f in self.files.items():
+    def close(self) -> None:
+        for f in self.files.values():
             f.close()
-            os.replace(self.root / f"{split}.bin.partial", self.root / f"{split}.bin")
 
 
-def prepare_domain(cfg: TrainConfig, name: str, tok: Tokenizer, progress: Progress | None = None) -> dict[str, Any]:
-    p, data, domain = cfg.prepare, cfg.data, cfg.data.domains[name]
-    root = Path(p.out) / name
-    root.mkdir(parents=True, exist_ok=True)
-    thash = tokenizer_hash(tok)
-    meta_path = root / "meta.json"
-    if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("tokenizer_hash") == thash and meta.get("token_budget") == domain.token_budget:
-            return meta  # finished earlier: idempotent
-        raise ConfigError(f"prepare.out: {root} holds a finished domain with another tokenizer or budget; "
-                          f"delete it or choose another prepare.out")
-    fresh = {"tokenizer_hash": thash, "token_budget": domain.token_budget, "consumed": [0] * len(domain.sources),
-             "bytes": {s: 0 for s in SPLITS}, "tokens": {s: 0 for s in SPLITS}, "documents": {s: 0 for s in SPLITS},
-             "per_source_tokens": [0] * len(domain.sources), "skipped": {}, "text_bytes": 0}
-    prog_path = root / "progress.json"
-    state = json.loads(prog_path.read_text()) if prog_path.exists() else fresh
-    if state.get("tokenizer_hash") != thash or state.get("token_budget") != domain.token_budget:
-        state = fresh
-    dtype = np.dtype(np.uint16 if tok.get_vocab_size() <= 2 ** 16 else np.uint32)
-    writer = DomainWriter(root, dtype, state)
-    eot = eot_id(tok)
-    total_w = sum(s.weight for s in domain.sources)
-    task = progress.add_task(name, total=domain.token_budget) if progress else None
-    since = 0
+def split_of(name: str, i: int, doc_idx: int, n_tokens: int, state: dict[str, Any], seed: int, fraction: float) -> str:
+    """val by the seeded hash of the document's position, or to top val up to `fraction` of the budget once
+    the domain has written all but that fraction (the tail), else train."""
+    if is_val(name, i, doc_idx, seed, fraction):
+        return "val"
+    budget, val = state["token_budget"], state["tokens"]["val"]
+    tail = sum(state["per_source_tokens"]) + n_tokens > budget * (1 - fraction)
+    return "val" if tail and val < budget * fraction else "train"
+
+
+def fresh_state(thash: str, domain: DomainConfig) -> dict[str, Any]:
+    n = len(domain.sources)
+    return {"tokenizer_hash": thash, "token_budget": domain.token_budget, "complete": False, "consumed": [0] * n,
+            "bytes": {s: 0 for s in SPLITS}, "tokens": {s: 0 for s in SPLITS}, "documents": {s: 0 for s in SPLITS},
+            "per_source_tokens": [0] * n, "skipped": {}, "text_bytes": 0}
+
+
+def write_documents(cfg: TrainConfig, name: str, tok: Tokenizer, writer: DomainWriter, progress, task) -> None:
+    """Stream the domain's sources into the writer until each source's share, checkpointing as it goes."""
+    p, data, domain, state = cfg.prepare, cfg.data, cfg.data.domains[name], writer.state
+    eot, total_w, since = eot_id(tok), sum(s.weight for s in domain.sources), 0
     for i, src in enumerate(domain.sources):
         share = domain.token_budget * src.weight / total_w
         sink = [{}]  # resume: records passed over again are already counted in the checkpoint
@@ -134,8 +137,7 @@ def prepare_domain(cfg: TrainConfig, name: str, tok: Tokenizer, progress: Progre
             for doc, enc in zip(batch, tok.encode_batch(batch)):
                 if state["per_source_tokens"][i] >= share:
                     break
-                doc_idx = state["consumed"][i]
-                split = "val" if is_val(name, i, doc_idx, cfg.seed, p.val_fraction) else "train"
+                split = split_of(name, i, state["consumed"][i], len(enc.ids) + 1, state, cfg.seed, p.val_fraction)
                 writer.append(split, [eot] + enc.ids)
                 state["consumed"][i] += 1
                 state["per_source_tokens"][i] += len(enc.ids) + 1
@@ -146,20 +148,75 @@ def prepare_domain(cfg: TrainConfig, name: str, tok: Tokenizer, progress: Progre
                 since = 0
             if progress:
                 progress.update(task, completed=sum(state["per_source_tokens"]))
-    writer.finish()
+
+
+def domain_meta(state: dict[str, Any], domain: DomainConfig, dtype: np.dtype) -> dict[str, Any]:
+    total_w = sum(s.weight for s in domain.sources)
     shares = [domain.token_budget * s.weight / total_w for s in domain.sources]
-    meta = {**{k: state[k] for k in ("tokenizer_hash", "token_budget", "tokens", "documents", "skipped", "text_bytes")},
+    return {**{k: state[k] for k in ("tokenizer_hash", "token_budget", "tokens", "documents", "skipped", "text_bytes")},
             "dtype": dtype.name, "expert": domain.expert,
             "sources": [{"hub_id": s.hub_id, "config": s.config, "split": s.split, "local_file": s.local_file,
                          "documents": state["consumed"][i], "tokens": state["per_source_tokens"][i],
                          "share": round(shares[i]), "exhausted": state["per_source_tokens"][i] < shares[i]}
                         for i, s in enumerate(domain.sources)]}
+
+
+def finish_domain(root: Path, state: dict[str, Any], meta: dict[str, Any]) -> None:
+    """complete progress.json -> renames -> meta.json -> no progress.json; each step safe to redo after a crash."""
+    if not state.get("complete"):
+        state["complete"] = True
+        write_json_atomic(root / "progress.json", state)
+    for split in SPLITS:
+        partial, final = root / f"{split}.bin.partial", root / f"{split}.bin"
+        if partial.exists():
+            os.truncate(partial, state["bytes"][split])
+            os.replace(partial, final)
+        if not final.exists() or final.stat().st_size != state["bytes"][split]:
+            raise ConfigError(f"prepare.out: {final} is missing or not the recorded {state['bytes'][split]:,} bytes; "
+                              f"delete {root} to prepare this domain again")
+    write_json_atomic(root / "meta.json", meta)
+    (root / "progress.json").unlink()
+
+
+def check_domain(name: str, meta: dict[str, Any], seq_len: int) -> None:
+    """A domain that prepared nothing fails; one short of its budget or of a validation window warns."""
+    if meta["tokens"]["train"] == 0:
+        raise ConfigError(f"data.domains.{name}: its sources gave no documents (skipped: {meta['skipped'] or 'none'}); "
+                          f"check their files or hub ids")
     for src in meta["sources"]:
         if src["exhausted"]:
             warnings.warn(f"data.domains.{name}: source {src['hub_id'] or src['local_file']} ran out at "
                           f"{src['tokens']:,} of its {src['share']:,} tokens; the domain is short of its budget")
-    write_json_atomic(meta_path, meta)
-    prog_path.unlink(missing_ok=True)
+    if meta["tokens"]["val"] < seq_len + 1:
+        warnings.warn(f"data.domains.{name}: its val split has {meta['tokens']['val']:,} tokens, less than one window "
+                      f"of data.seq_len + 1 = {seq_len + 1}; raise its token_budget or prepare.val_fraction")
+
+
+def prepare_domain(cfg: TrainConfig, name: str, tok: Tokenizer, progress: Progress | None = None) -> dict[str, Any]:
+    domain = cfg.data.domains[name]
+    root = Path(cfg.prepare.out) / name
+    root.mkdir(parents=True, exist_ok=True)
+    thash, meta_path, prog_path = tokenizer_hash(tok), root / "meta.json", root / "progress.json"
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("tokenizer_hash") == thash and meta.get("token_budget") == domain.token_budget:
+            prog_path.unlink(missing_ok=True)  # a crash after meta.json, before this
+            return meta  # finished earlier: idempotent
+        raise ConfigError(f"prepare.out: {root} holds a finished domain with another tokenizer or budget; "
+                          f"delete it or choose another prepare.out")
+    state = json.loads(prog_path.read_text()) if prog_path.exists() else None
+    if state is None or state.get("tokenizer_hash") != thash or state.get("token_budget") != domain.token_budget:
+        state = fresh_state(thash, domain)
+    dtype = np.dtype(np.uint16 if tok.get_vocab_size() <= 2 ** 16 else np.uint32)
+    if not state.get("complete"):
+        writer = DomainWriter(root, dtype, state)
+        task = progress.add_task(name, total=domain.token_budget) if progress else None
+        write_documents(cfg, name, tok, writer, progress, task)
+        writer.checkpoint()
+        writer.close()
+    meta = domain_meta(state, domain, dtype)
+    check_domain(name, meta, cfg.data.seq_len)
+    finish_domain(root, state, meta)
     return meta
 
 
@@ -170,5 +227,5 @@ def prepare(cfg: TrainConfig) -> dict[str, dict[str, Any]]:
     if not tok_path.is_file():
         raise FileNotFoundError(f"prepare.tokenizer: no such file: {tok_path} (train one: python -m moe_lm.tokenizer)")
     tok = Tokenizer.from_file(str(tok_path))
-    with Progress() as progress:
+    with DirectoryLock(Path(cfg.prepare.out), "prepare.out", "prepare"), Progress() as progress:
         return {name: prepare_domain(cfg, name, tok, progress) for name in cfg.data.domains}

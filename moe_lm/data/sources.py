@@ -27,18 +27,20 @@ def read_records(path: str | Path) -> Iterator[Union[dict[str, Any], Skip]]:
             yield from batch.to_pylist()
         return
     with p.open("rb") as f:
-        for raw in f:
-            if not raw.strip():
-                continue
-            try:
-                rec = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                yield Skip("not UTF-8")
-                continue
-            except json.JSONDecodeError:
-                yield Skip("bad JSON")
-                continue
-            yield rec if isinstance(rec, dict) else Skip("record is not a JSON object")
+        for chunk in f:
+            for raw in chunk.splitlines():  # records end at \n, \r\n or \r (JSON text holds no raw CR)
+                if raw.strip():
+                    yield parse_record(raw)
+
+
+def parse_record(raw: bytes) -> Union[dict[str, Any], Skip]:
+    try:
+        rec = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return Skip("not UTF-8")
+    except json.JSONDecodeError:
+        return Skip("bad JSON")
+    return rec if isinstance(rec, dict) else Skip("record is not a JSON object")
 
 
 def hub_load_args(src: SourceConfig) -> tuple[tuple, dict[str, Any]]:

@@ -39,8 +39,12 @@ def read_lines(path: str | Path) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"data.path: no such file: {p.resolve()}")
-    lines = [ln.rstrip("\n") for ln in p.read_text(encoding="utf-8").splitlines()]
-    lines = [ln for ln in lines if ln.strip()]
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"data.path: {p} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})")
+    # Lines end at \n, \r\n or \r; U+2028 and the other separators str.splitlines knows are text inside a line.
+    lines = [ln for ln in text.replace("\r\n", "\n").replace("\r", "\n").split("\n") if ln.strip()]
     if not lines:
         raise ConfigError(f"data.path: {p} has no non-empty lines")
     return lines

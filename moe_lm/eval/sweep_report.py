@@ -10,11 +10,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from moe_lm.config import ConfigError
+
 
 def load_runs(sweep: Path) -> list[dict]:
     runs = []
     for f in sorted(sweep.rglob("result.json")):
-        r = json.loads(f.read_text())
+        try:
+            r = json.loads(f.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConfigError(f"dir: {f} is not a result.json written by moe_lm.train ({e})") from None
+        if not isinstance(r, dict):
+            raise ConfigError(f"dir: {f} is not a result.json written by moe_lm.train (not a JSON object)")
         r["run"] = str(f.parent.relative_to(sweep)) or "."
         runs.append(r)
     if not runs:

@@ -26,6 +26,21 @@ def greedy_decode(model: MoETransformer, prompt: list[int], max_new_tokens: int,
     return out
 
 
+def fit_context(prompts: list[list[int]], max_ctx: int, max_new_tokens: int) -> list[list[int]]:
+    """Cut prompts that fill the context to their last tokens, leaving room for min(max_new_tokens, max_ctx / 2)
+    new ones, and say so; warn when generation will stop at the context limit before max_new_tokens."""
+    longest = max(len(p) for p in prompts)
+    if longest >= max_ctx:
+        keep = max_ctx - min(max_new_tokens, max_ctx // 2)
+        warnings.warn(f"prompt: {longest} tokens do not fit the model's context of {max_ctx} (model.max_seq_len); "
+                      f"keeping the last {keep} so that {max_ctx - keep} tokens can be generated")
+        return [p[-keep:] for p in prompts]
+    if longest + max_new_tokens > max_ctx:
+        warnings.warn(f"max_new_tokens: {longest}-token prompt + {max_new_tokens} exceeds the model's context of "
+                      f"{max_ctx}; generation stops after {max_ctx - longest} tokens")
+    return prompts
+
+
 def _left_pad(prompts: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long, device=device)
@@ -57,9 +72,7 @@ def generate_ids(model: MoETransformer, prompts: list[list[int]], cfg: SamplingC
     max_ctx = model.cfg.max_seq_len
     if any(len(p) == 0 for p in prompts):
         raise ValueError("prompts: every prompt needs at least one token")
-    if any(len(p) >= max_ctx for p in prompts):
-        warnings.warn(f"prompt longer than the context ({max_ctx}); keeping its last {max_ctx - 1} tokens")
-        prompts = [p[-(max_ctx - 1):] for p in prompts]
+    prompts = fit_context(prompts, max_ctx, cfg.max_new_tokens)
     ids, valid = _left_pad(prompts, eos_id if eos_id is not None else 0, device)
     B, P = ids.shape
     positions = (valid.long().cumsum(-1) - 1).clamp_min(0)  # (B, P): 0 at each row's first real token

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import signal
 from pathlib import Path
 from typing import Any, Optional
@@ -23,17 +24,46 @@ from moe_lm.inference.checkpoint import CheckpointError, model_config_from, read
 RESUME_KEY = "checkpoint.resume"
 
 
+class _WriteErrors:
+    """A file whose first OSError is kept: torch.save reports a failed write (disk full) only as an opaque
+    'unexpected pos' RuntimeError."""
+
+    def __init__(self, f) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write to `<name>.tmp`, fsync, then rename: a crash mid-write leaves the previous file intact."""
+    """Write to `<name>.<pid>.tmp`, fsync, then rename: a crash or a full disk mid-write leaves the previous file
+    intact, and two processes never write one temporary file."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                out = _WriteErrors(f)
+                try:
+                    torch.save(checkpoint, out)
+                except RuntimeError as e:
+                    raise out.error or e
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            free = shutil.disk_usage(path.parent).free / 2 ** 20
+            raise OSError(e.errno, f"could not write the checkpoint ({e.strerror or e}; {free:,.0f} MiB free on its "
+                          f"disk); the previous {path.name}, if any, is intact", str(path)) from e
         os.replace(tmp, path)
 
     def load_checkpoint(self, path, map_location: Optional[Any] = None, weights_only: Optional[bool] = None) -> dict:

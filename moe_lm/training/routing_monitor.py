@@ -71,7 +71,7 @@ class RoutingMonitor(L.Callback):
 
     def _write(self, trainer, counts: torch.Tensor, top1: torch.Tensor, mean: torch.Tensor, spec: dict[str, float]) -> None:
         """`routing/step<N>.json` (the counts, shares and scores) and the heatmap beside it."""
-        from moe_lm.data.atomic import write_json_atomic
+        from moe_lm.data.files import write_json_atomic
         from moe_lm.eval.plots import routing_heatmap
 
         step = trainer.global_step

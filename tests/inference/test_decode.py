@@ -76,12 +76,18 @@ def test_logit_lens_last_layer_equals_model_output_and_routing_is_reported(make_
     torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4))  # normalised top-k weights
 
 
-def test_prompt_longer_than_context_is_truncated_with_a_warning(make_model_cfg):
+def test_prompt_longer_than_context_keeps_its_end_and_room_to_generate(make_model_cfg):
     model = MoETransformer(make_model_cfg(max_seq_len=32)).eval()
     long_prompt = list(range(1, 41))
-    with pytest.warns(UserWarning, match="longer than the context"):
-        (out,) = list(generate_ids(model, [long_prompt], SamplingConfig(max_new_tokens=10, temperature=0.0)))
-    assert len(out) == 1  # 31 prompt tokens kept, one slot left before max context
+    cfg = SamplingConfig(max_new_tokens=10, temperature=0.0)
+    with pytest.warns(UserWarning, match=r"prompt: 40 tokens do not fit the model's context of 32.*last 22"):
+        (out,) = list(generate_ids(model, [long_prompt], cfg))
+    assert len(out) == 10  # the whole max_new_tokens, not one token
+    (same,) = list(generate_ids(model, [long_prompt[-22:]], cfg))
+    assert out == same  # exactly the continuation of the prompt's last 22 tokens
+    with pytest.warns(UserWarning, match="max_new_tokens: 25-token prompt [+] 10 exceeds .* stops after 7 tokens"):
+        (short,) = list(generate_ids(model, [long_prompt[:25]], cfg))
+    assert len(short) == 7
 
 
 def test_chat_template_uses_role_tokens_or_plain_text():
