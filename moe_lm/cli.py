@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,14 +43,30 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return ConfigError, CheckpointError, OSError, HydraException, OmegaConfBaseException, MisconfigurationException
 
 
+def describe_hydra(e: BaseException) -> str:
+    """Hydra's composition errors, led by the key they are about and on one line."""
+    msg = str(e)
+    if m := re.search(r"Could not override '([^']+)'", msg):
+        return f"{m[1]}: not a setting of this command (--help lists them)"
+    if m := re.search(r"Could not find '([^']+)/([^']+)'", msg):
+        options = re.findall(r"^\t(\S+)$", msg.split("Config search path")[0], re.M)
+        return f"{m[1]}: no option {m[2]!r} (options: {', '.join(options)})"
+    if (m := re.search(r"Error merging override (\S+?)=", msg)) and e.__cause__ is not None:
+        return f"{m[1]}: {str(e.__cause__).splitlines()[0]}"
+    return "overrides: " + " ".join(msg.split())
+
+
 def describe(e: BaseException) -> str:
     """`<key or path>: <what is wrong>` for an error from `user_errors()`."""
+    from hydra.errors import HydraException
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     if isinstance(e, OSError) and e.filename and e.strerror:  # raised by the OS: name the file it was about
         return f"{e.filename}: {e.strerror}"
     if isinstance(e, MisconfigurationException):  # Lightning refusing a trainer.* setting on this machine
         return f"trainer: {e}"
+    if isinstance(e, HydraException):
+        return describe_hydra(e)
     return str(e)
 
 

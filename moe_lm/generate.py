@@ -7,6 +7,8 @@ sampling setting of conf/generate.yaml.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import sys
 from dataclasses import fields
 
@@ -41,5 +43,10 @@ def main(cfg: GenerateConfig) -> None:
         messages.append(("assistant", stream_text(model, tok, prompt, sampling, eot, write)))
 
 
+def cli(argv: Sequence[str] | None = None) -> None:
+    """The command line (argv defaults to sys.argv[1:])."""
+    run_command(main, "generate", __doc__, text_keys=("prompt",), argv=argv)
+
+
 if __name__ == "__main__":
-    run_command(main, "generate", __doc__, text_keys=("prompt",))
+    cli()

@@ -7,6 +7,8 @@ weights (moe_lm/inference/logit_lens.py). The prompt is taken verbatim (colons, 
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from moe_lm.cli import run_command
 from moe_lm.config import InspectConfig
 
@@ -21,5 +23,10 @@ def main(cfg: InspectConfig) -> None:
     print(report(model, tok, cfg.prompt, cfg.top))
 
 
+def cli(argv: Sequence[str] | None = None) -> None:
+    """The command line (argv defaults to sys.argv[1:])."""
+    run_command(main, "inspect", __doc__, text_keys=("prompt",), argv=argv)
+
+
 if __name__ == "__main__":
-    run_command(main, "inspect", __doc__, text_keys=("prompt",))
+    cli()

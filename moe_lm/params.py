@@ -6,6 +6,8 @@ training FLOPs per token at `data.seq_len` (moe_lm/model/counting.py).
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from moe_lm.cli import run_command
 from moe_lm.config import TrainConfig
 
@@ -16,5 +18,10 @@ def main(cfg: TrainConfig) -> None:
     print(param_table(cfg.model, cfg.data.seq_len))
 
 
+def cli(argv: Sequence[str] | None = None) -> None:
+    """The command line (argv defaults to sys.argv[1:])."""
+    run_command(main, "config", __doc__, argv=argv)
+
+
 if __name__ == "__main__":
-    run_command(main, "config", __doc__)
+    cli()

@@ -8,6 +8,8 @@ killed run where its last progress checkpoint left off.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from moe_lm.cli import run_command
 from moe_lm.config import TrainConfig
 
@@ -25,5 +27,10 @@ def main(cfg: TrainConfig) -> None:
               f"{sum(m['documents'].values()):,} | {sum(m['skipped'].values()):,} | {short} |")
 
 
+def cli(argv: Sequence[str] | None = None) -> None:
+    """The command line (argv defaults to sys.argv[1:])."""
+    run_command(main, "config", __doc__, argv=argv)
+
+
 if __name__ == "__main__":
-    run_command(main, "config", __doc__)
+    cli()

@@ -9,6 +9,8 @@ training as figures (moe_lm/eval/ablation.py).
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from pathlib import Path
 
 from moe_lm.cli import run_command
@@ -23,5 +25,10 @@ def main(cfg: ReportConfig) -> None:
     print(md + f"\n\nwrote {sweep / 'report.md'} and " + ", ".join(str(f) for f in figures))
 
 
+def cli(argv: Sequence[str] | None = None) -> None:
+    """The command line (argv defaults to sys.argv[1:])."""
+    run_command(main, "report", __doc__, argv=argv)
+
+
 if __name__ == "__main__":
-    run_command(main, "report", __doc__)
+    cli()

@@ -7,6 +7,8 @@ prints bytes per token per domain.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from pathlib import Path
 
 from moe_lm.cli import run_command
@@ -27,5 +29,10 @@ def main(cfg: TrainConfig) -> None:
         print(f"| {d} | {m['documents']:,} | {m['bytes'] / 1e6:.2f} | {m['bytes_per_token']:.2f} | {m['round_trip_failures']} |")
 
 
+def cli(argv: Sequence[str] | None = None) -> None:
+    """The command line (argv defaults to sys.argv[1:])."""
+    run_command(main, "config", __doc__, argv=argv)
+
+
 if __name__ == "__main__":
-    run_command(main, "config", __doc__)
+    cli()

@@ -42,6 +42,12 @@ class BatchPlan:
         if short:
             raise ConfigError(f"data.seq_len: {cfg.seq_len} needs more tokens than the train shards of {short} hold")
 
+    def describe(self) -> dict:
+        """What decides the batches besides the seed, as plain data (checked when a run resumes)."""
+        return {"domains": list(self.cfg.domains), "train_tokens": self.n_tokens.tolist(),
+                "weights": [round(float(w), 12) for w in self.weights], "round_robin_steps": self.cfg.round_robin_steps,
+                "round_robin_order": self.order, "batch_size": self.cfg.batch_size, "seq_len": self.cfg.seq_len}
+
     def phase(self, k: int) -> int:
         return 1 if k // self.accumulate < self.cfg.round_robin_steps else 2
 

@@ -31,7 +31,7 @@ def lines_pipeline(cfg: TrainConfig, out_dir: Path) -> tuple[Tokenizer, L.Lightn
 
     tok = check_vocab(train_bpe(read_lines(cfg.data.path), cfg.data.tokenizer_vocab_size), cfg)
     tok.save(str(out_dir / "tokenizer.json"))
-    return tok, TextLinesDataModule(cfg.data, tok, cfg.seed)
+    return tok, TextLinesDataModule(cfg.data, tok, cfg.seed, cfg.trainer.accumulate_grad_batches)
 
 
 def domains_pipeline(cfg: TrainConfig, out_dir: Path) -> tuple[Tokenizer, L.LightningDataModule]:

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from moe_lm.config import DomainsDataConfig
+from moe_lm.config import ConfigError, DomainsDataConfig
+from moe_lm.inference.checkpoint import CheckpointError
 from moe_lm.data.mixture import BatchPlan
 
 
@@ -114,7 +115,15 @@ class DomainDataModule(L.LightningDataModule):
                          np.full(len(starts[i:i + B]), domain), -1) for i in range(0, len(starts), B)]
 
     def val_dataloader(self) -> list[DataLoader]:
-        return [DataLoader(self.val_batches(d), batch_size=None) for d in range(len(self.names))]
+        loaders = []
+        for d, name in enumerate(self.names):
+            batches = self.val_batches(d)
+            if not batches:  # per-domain validation of this domain would silently not happen
+                raise ConfigError(f"data.domains.{name}: its val split has {len(self.val_shards.maps[d]):,} tokens, "
+                                  f"less than one window of data.seq_len + 1 = {self.plan.width}; prepare it with a "
+                                  f"larger token_budget or prepare.val_fraction, or set trainer.val_check_interval=null")
+            loaders.append(DataLoader(batches, batch_size=None))
+        return loaders
 
     def on_before_batch_transfer(self, batch: dict[str, torch.Tensor], dataloader_idx: int) -> dict[str, torch.Tensor]:
         """Count training batch k as consumed before its step runs: every checkpoint saved after the step (at batch
@@ -124,7 +133,15 @@ class DomainDataModule(L.LightningDataModule):
         return batch
 
     def state_dict(self) -> dict[str, Any]:
-        return {"consumed": self.consumed, "seed": self.seed}
+        return {"consumed": self.consumed, "seed": self.seed, "accumulate": self.accumulate, "plan": self.plan.describe()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume at the saved batch, refusing a state made with another seed, accumulation or batch plan (it
+        would silently replay other batches than the run it continues)."""
+        ours = {"seed": self.seed, "accumulate": self.accumulate, "plan": self.plan.describe()}
+        keys = {"seed": "seed", "accumulate": "trainer.accumulate_grad_batches", "plan": "data"}
+        for k, now in ours.items():
+            if k in state and state[k] != now:
+                raise CheckpointError(f"{keys[k]}: the checkpoint's data order was made with {k} {state[k]!r}, this "
+                                      f"config gives {now!r}; resume with the same settings or start a new run")
         self.consumed = int(state["consumed"])

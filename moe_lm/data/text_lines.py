@@ -23,11 +23,12 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
+from typing import Iterator
 
 import lightning as L
 import torch
 from tokenizers import Tokenizer
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
 from moe_lm.config import ConfigError, LinesDataConfig
 from moe_lm.data.bpe import eot_id
@@ -99,6 +100,43 @@ def line_stream(lines: list[str], tok: Tokenizer) -> list[int]:
     return [t for enc in tok.encode_batch(lines) for t in [eot] + enc.ids]
 
 
+class StepBatches(Sampler[list]):
+    """Batches of `sampler`'s indices for one epoch; each index comes paired with the number of targets in its
+    optimizer step (the `accumulate` consecutive batches it belongs to, as Lightning groups them), so the loss can
+    weight micro-batches by their valid tokens: the step's gradient is then that of one big batch."""
+
+    def __init__(self, sampler: Sampler[int], batch_size: int, accumulate: int, n_targets: list[int]) -> None:
+        self.sampler, self.batch_size, self.accumulate, self.n_targets = sampler, batch_size, accumulate, n_targets
+
+    def __len__(self) -> int:
+        return -(-len(self.sampler) // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        order = list(self.sampler)
+        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        for g in range(0, len(batches), self.accumulate):
+            group = batches[g:g + self.accumulate]
+            total = sum(self.n_targets[i] for batch in group for i in batch)
+            yield from ([(i, total) for i in batch] for batch in group)
+
+
+class WithStepTargets(Dataset):
+    """dataset[(i, step_targets)] -> (dataset[i], step_targets), for `StepBatches`."""
+
+    def __init__(self, data) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[list[int], int]:
+        return self.data[item[0]], item[1]
+
+
+def collate_step(items: list[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
+    return {**collate([s for s, _ in items], pad_id), "step_targets": torch.tensor(items[0][1])}
+
+
 def collate(samples: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
     """Pad to the longest sample; targets are inputs shifted left by one, padding ignored."""
     width = max(len(s) for s in samples)
@@ -112,9 +150,9 @@ def collate(samples: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
 
 
 class TextLinesDataModule(L.LightningDataModule):
-    def __init__(self, cfg: LinesDataConfig, tokenizer: Tokenizer, seed: int) -> None:
+    def __init__(self, cfg: LinesDataConfig, tokenizer: Tokenizer, seed: int, accumulate: int = 1) -> None:
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.accumulate = cfg, accumulate
         self.tokenizer = tokenizer
         self.seed = seed
         self.lines = read_lines(cfg.path)
@@ -135,14 +173,14 @@ class TextLinesDataModule(L.LightningDataModule):
         else:
             self.train_set = self.eval_set = self.line_samples
 
-    def _loader(self, data, sampler=None) -> DataLoader:
-        return DataLoader(data, batch_size=self.cfg.batch_size, sampler=sampler,
-                          collate_fn=partial(collate, pad_id=self.pad_id), num_workers=self.cfg.num_workers,
+    def train_dataloader(self) -> DataLoader:
+        sampler = RandomSampler(self.train_set, generator=torch.Generator().manual_seed(self.seed))
+        n_targets = [len(self.train_set[i]) - 1 for i in range(len(self.train_set))]
+        return DataLoader(WithStepTargets(self.train_set), num_workers=self.cfg.num_workers,
+                          batch_sampler=StepBatches(sampler, self.cfg.batch_size, self.accumulate, n_targets),
+                          collate_fn=partial(collate_step, pad_id=self.pad_id),
                           persistent_workers=self.cfg.num_workers > 0)
 
-    def train_dataloader(self) -> DataLoader:
-        gen = torch.Generator().manual_seed(self.seed)
-        return self._loader(self.train_set, RandomSampler(self.train_set, generator=gen))
-
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.eval_set)
+        return DataLoader(self.eval_set, batch_size=self.cfg.batch_size, collate_fn=partial(collate, pad_id=self.pad_id),
+                          num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0)

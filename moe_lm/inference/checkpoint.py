@@ -4,6 +4,7 @@ about what is wrong. A checkpoint carries the run's resolved config and tokenize
 from __future__ import annotations
 
 import dataclasses
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,10 @@ def read_checkpoint(path: str | Path, key: str = "ckpt", map_location: Any = "cp
     try:
         return torch.load(p, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated or corrupt file, or not a checkpoint at all
-        raise CheckpointError(f"{key}: {p} is not a readable checkpoint ({type(e).__name__}: {e})") from e
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        if isinstance(e, pickle.UnpicklingError):  # never suggest weights_only=False, as torch's message does
+            first = "not written by torch.save, or holding objects other than tensors and plain data"
+        raise CheckpointError(f"{key}: {p} is not a readable checkpoint ({type(e).__name__}: {first})") from e
 
 
 def load_checkpoint(path: str | Path, key: str = "ckpt") -> dict[str, Any]:

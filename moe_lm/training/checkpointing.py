@@ -16,6 +16,7 @@ from typing import Any, Optional
 import lightning as L
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
 
 from moe_lm.config import ModelConfig
@@ -70,22 +71,57 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return read_checkpoint(path, RESUME_KEY, map_location or "cpu")
 
 
+class StepBoundary:
+    """Tells, at the end of each micro-batch, whether it completed an optimizer step (the end of a gradient
+    accumulation): the only moments a checkpoint resumes exactly."""
+
+    def __init__(self) -> None:
+        self._step: int | None = None
+
+    def start(self, trainer) -> None:
+        self._step = trainer.global_step
+
+    def reached(self, trainer) -> bool:
+        crossed = self._step is not None and trainer.global_step != self._step
+        self._step = trainer.global_step
+        return crossed
+
+
+class StepCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint that saves from a training batch only at an optimizer-step boundary: a wall-clock save that
+    falls due mid-accumulation waits for the step to finish (Lightning's would save half a step)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, enable_version_counter=False, **kwargs)  # never last-v1.ckpt beside last.ckpt
+        self.boundary = StepBoundary()
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        self.boundary.start(trainer)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.boundary.reached(trainer):
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+
 class SaveOnSignal(L.Callback):
-    """On SIGTERM/SIGINT: finish the current batch, save `last.ckpt`, stop cleanly."""
+    """On SIGTERM/SIGINT: finish the current optimizer step (all its micro-batches), save `last.ckpt`, stop."""
 
     def __init__(self, path: Path) -> None:
         self.path, self.received = path, None
         self._previous: dict[int, Any] = {}
+        self.boundary = StepBoundary()
 
     def _handler(self, signum, frame) -> None:
         self.received = signum
 
     def on_train_start(self, trainer, pl_module) -> None:
+        self.boundary.start(trainer)
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._previous[sig] = signal.signal(sig, self._handler)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.received is not None:
+        if self.boundary.reached(trainer) and self.received is not None:
             trainer.save_checkpoint(str(self.path), weights_only=False)
             pl_module.print(f"signal {signal.Signals(self.received).name}: saved {self.path}, stopping")
             trainer.should_stop = True
@@ -113,13 +149,43 @@ class RunState(L.Callback):
                 torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
 
 
+def saved_step(path: Path) -> int | None:
+    """The global step of a readable moe_lm checkpoint, else None (tensors are memory-mapped, not read)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - unreadable for any reason: not a candidate
+        return None
+    return int(ckpt["global_step"]) if "global_step" in ckpt and "moe_lm_config" in ckpt else None
+
+
+def newest_checkpoint(ckpt_dir: Path) -> tuple[Path, int] | None:
+    """The readable checkpoint of the highest step in the directory (last.ckpt on a tie), warning about others."""
+    found = []
+    for path in sorted(ckpt_dir.glob("*.ckpt")):
+        step = saved_step(path)
+        if step is None:
+            rank_zero_warn(f"{RESUME_KEY}=auto: skipping {path}, not a readable moe_lm checkpoint")
+        else:
+            found.append((step, path.name == "last.ckpt", path))
+    if not found:
+        return None
+    step, _, path = max(found)
+    return path, step
+
+
 def resolve_resume(resume: Optional[str], ckpt_dir: Path) -> Optional[str]:
-    """`auto`: the directory's last.ckpt if there is one; a path: that file, which must exist; null: none."""
+    """`auto`: the newest readable checkpoint in the run's checkpoint directory, if any; a path: that file, which
+    must exist; null: a fresh run, refused where earlier checkpoints would be overwritten (and picked up later)."""
     if resume is None:
+        newest = newest_checkpoint(ckpt_dir) if ckpt_dir.is_dir() else None
+        if newest:
+            raise CheckpointError(f"{RESUME_KEY}: {ckpt_dir} holds checkpoints of an earlier run ({newest[0].name} at "
+                                  f"step {newest[1]}); continue it with checkpoint.resume=auto, or delete them or "
+                                  f"choose another out_dir for a fresh run")
         return None
     if resume == "auto":
-        last = ckpt_dir / "last.ckpt"
-        return str(last) if last.is_file() else None
+        newest = newest_checkpoint(ckpt_dir) if ckpt_dir.is_dir() else None
+        return str(newest[0]) if newest else None
     if not Path(resume).is_file():
         raise FileNotFoundError(f"{RESUME_KEY}: no such checkpoint: {resume}")
     return resume

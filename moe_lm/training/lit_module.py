@@ -14,14 +14,16 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
+from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics.aggregation import MeanMetric
 
 from moe_lm.config import TrainConfig
 from moe_lm.data.text_lines import IGNORE_INDEX
+from moe_lm.errors import NonFiniteError
 from moe_lm.model import MoETransformer
 from moe_lm.training.checkpointing import check_architecture
 from moe_lm.training.guidance import expert_targets, guided_coef, router_supervision_loss
-from moe_lm.training.optim import configure_optimizers
+from moe_lm.training.optim import apply_current_settings, configure_optimizers
 
 
 class MoELitModule(L.LightningModule):
@@ -35,6 +37,8 @@ class MoELitModule(L.LightningModule):
         self.warm_steps = getattr(cfg.data, "round_robin_steps", 0)
         self.val_loss = MeanMetric()  # token-weighted: each batch's mean counts by its number of targets
         self.val_domain_loss = torch.nn.ModuleList(MeanMetric() for _ in self.domains)  # one val loader each
+        # sum of the current optimizer step's micro-batch losses
+        self.register_buffer("step_loss", torch.zeros(()), persistent=False)
 
     def forward(self, input_ids: torch.Tensor):
         return self.model(input_ids)
@@ -45,9 +49,14 @@ class MoELitModule(L.LightningModule):
         valid = targets != IGNORE_INDEX  # (B, T)
         # logits (M, V): no LM head on padding; padding does not count in the routing statistics either
         out = self.model(batch["input_ids"], logits_at=valid, token_mask=valid)
-        ce = F.cross_entropy(out.logits.float(), targets[valid])
+        ce_sum = F.cross_entropy(out.logits.float(), targets[valid], reduction="sum")
+        ce = ce_sum / valid.sum()
+        # Under gradient accumulation each micro-batch's share of the step is its number of valid targets (padding
+        # varies), so the step's gradient is that of one big batch; Lightning divides the loss by `accumulate`.
+        step_ce = (ce_sum * self.cfg.trainer.accumulate_grad_batches / batch["step_targets"]
+                   if self.training and "step_targets" in batch else ce)
         m = self.cfg.model
-        loss = (ce + (m.aux_loss_coef * out.aux_loss if m.use_aux_loss else 0)
+        loss = (step_ce + (m.aux_loss_coef * out.aux_loss if m.use_aux_loss else 0)
                 + (m.z_loss_coef * out.z_loss if m.use_z_loss else 0))
         guide = guided_coef(self.cfg.routing, self.global_step, self.warm_steps) if self.training else 0.0
         if guide > 0:  # exactly nothing outside the guided warm start
@@ -61,6 +70,7 @@ class MoELitModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, Any]:
         loss, ce, routing = self._step(batch)
+        self.step_loss = loss.detach() + self.step_loss  # checked for finiteness once per optimizer step, no sync here
         self.log_dict({"train/loss": ce.detach(), "train/ppl": ce.detach().exp(), "train/aux_loss": routing["aux_loss"],
                        "train/z_loss": routing["z_loss"]})
         self.log("loss", ce.detach(), prog_bar=True, logger=False)
@@ -90,6 +100,14 @@ class MoELitModule(L.LightningModule):
         # already unscaled at this point for fp16 (the optimizer is not fused then).
         norm = torch.nn.utils.clip_grad_norm_(self.parameters(), self.cfg.optimizer.grad_clip or float("inf"))
         self.log("train/grad_norm", norm)
+        # fp16's grad scaler skips steps with inf gradients by design; a non-finite loss is never expected
+        checked = self.step_loss if self.cfg.precision.resolved == "fp16" else self.step_loss + norm
+        if not torch.isfinite(checked):
+            raise NonFiniteError(
+                f"step {self.global_step + 1}: the loss ({self.step_loss.item():.4g}) or gradient norm ({norm.item():.4g}) "
+                f"is not finite; stopped before the update, so the last checkpoint holds finite weights. "
+                f"Lower optimizer.lr (now {self.cfg.optimizer.lr:g}) or set optimizer.grad_clip")
+        self.step_loss = torch.zeros_like(self.step_loss)
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
@@ -106,3 +124,7 @@ class MoELitModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         check_architecture(checkpoint, self.cfg.model)  # before the weights load: a clear message, not a shape error
+        changed = apply_current_settings(checkpoint, self.model, self.cfg)  # before the optimizer state loads
+        if changed:
+            rank_zero_warn("resuming with changed optimizer/schedule settings, applied from this step on:\n  "
+                           + "\n  ".join(changed))

@@ -9,10 +9,11 @@ its `last.ckpt` and writes no final artefacts.
 from __future__ import annotations
 
 import dataclasses
-import json
+import os
 import signal
 import time
 import warnings
+from contextlib import ExitStack
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,11 @@ import lightning as L
 import torch
 
 from moe_lm.config import TrainConfig
+from moe_lm.data.files import DirectoryLock, write_json_atomic
 from moe_lm.data.pipelines import build_data
 from moe_lm.model.counting import param_breakdown, train_flops_per_token
 from moe_lm.training.callbacks import FirstBatchPrinter, LossCurve, StepProgressBar, Throughput
-from moe_lm.training.checkpointing import AtomicCheckpointIO, RunState, SaveOnSignal, resolve_resume
+from moe_lm.training.checkpointing import AtomicCheckpointIO, RunState, SaveOnSignal, StepCheckpoint, resolve_resume
 from moe_lm.training.lit_module import MoELitModule
 from moe_lm.training.loggers import build_loggers
 from moe_lm.training.routing_monitor import RoutingMonitor
@@ -35,12 +37,10 @@ def checkpoint_dir(cfg: TrainConfig, out_dir: Path) -> Path:
 
 
 def build_callbacks(cfg: TrainConfig, out_dir: Path, module: MoELitModule, tok) -> list[L.Callback]:
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
     ck, ckdir = cfg.checkpoint, checkpoint_dir(cfg, out_dir)
     flops = train_flops_per_token(cfg.model, param_breakdown(module.model, cfg.model), cfg.data.seq_len)
     callbacks: list[L.Callback] = [
-        ModelCheckpoint(dirpath=str(ckdir), save_last=True, save_top_k=0, enable_version_counter=False),
+        StepCheckpoint(dirpath=str(ckdir), save_last=True, save_top_k=0),
         SaveOnSignal(ckdir / "last.ckpt"), RunState(),
         LossCurve(out_dir / "loss_curve.png", f"{cfg.model.name} on {cfg.data.describe()}"),
         Throughput(flops, cfg.trainer.peak_flops),
@@ -49,12 +49,11 @@ def build_callbacks(cfg: TrainConfig, out_dir: Path, module: MoELitModule, tok) 
     if tok is not None:
         callbacks.append(FirstBatchPrinter(tok))
     if ck.every_n_steps:
-        callbacks.append(ModelCheckpoint(dirpath=str(ckdir), filename="step{step:07d}", auto_insert_metric_name=False,
-                                         every_n_train_steps=ck.every_n_steps, save_top_k=-1, save_last=True,
-                                         enable_version_counter=False))
+        callbacks.append(StepCheckpoint(dirpath=str(ckdir), filename="step{step:07d}", auto_insert_metric_name=False,
+                                        every_n_train_steps=ck.every_n_steps, save_top_k=-1, save_last=True))
     if ck.every_minutes:
-        callbacks.append(ModelCheckpoint(dirpath=str(ckdir), save_last=True, save_top_k=0, enable_version_counter=False,
-                                         train_time_interval=timedelta(minutes=ck.every_minutes)))
+        callbacks.append(StepCheckpoint(dirpath=str(ckdir), save_last=True, save_top_k=0,
+                                        train_time_interval=timedelta(minutes=ck.every_minutes)))
     if cfg.trainer.progress_bar:
         callbacks.append(StepProgressBar(leave=True))
     return callbacks
@@ -76,9 +75,10 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, callbacks: list[L.Callback], 
 
 
 def quiet_known_warnings() -> None:
-    """Two harmless Lightning messages on every run: its model summary cannot size bf16-mixed, and its own use
-    of a deprecated torch pytree class."""
+    """Harmless Lightning messages: its model summary cannot size bf16-mixed, its own use of a deprecated torch
+    pytree class, and a non-empty checkpoint directory (resolve_resume has already decided what that means)."""
     warnings.filterwarnings("ignore", message="Precision bf16-mixed is not supported by the model summary")
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
@@ -103,9 +103,24 @@ def record_config(trainer: L.Trainer, cfg: TrainConfig, out: Path) -> None:
         (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(params)))
 
 
+def launching_process() -> bool:
+    """True in the process a user started; False in the extra ranks a distributed launcher starts."""
+    return all(os.environ.get(var, "0") == "0" for var in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID"))
+
+
 def train(cfg: TrainConfig, out_dir: str | Path) -> dict[str, Any]:
-    out = Path(out_dir)
+    """Train under a lock on the run directory (and on checkpoint.dir): a second run there fails at once."""
+    out, ckdir = Path(out_dir), checkpoint_dir(cfg, Path(out_dir))
     out.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as locks:
+        if launching_process():
+            locks.enter_context(DirectoryLock(out, "out_dir", "training run"))
+            if not ckdir.resolve().is_relative_to(out.resolve()):
+                locks.enter_context(DirectoryLock(ckdir, "checkpoint.dir", "training run"))
+        return fit(cfg, out, resolve_resume(cfg.checkpoint.resume, ckdir))
+
+
+def fit(cfg: TrainConfig, out: Path, ckpt_path: str | None) -> dict[str, Any]:
     quiet_known_warnings()
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
@@ -114,7 +129,6 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict[str, Any]:
     module = MoELitModule(cfg, tok, domains, [cfg.data.domains[d].expert for d in domains])
     if cfg.trainer.compile:
         module.model.compile()
-    ckpt_path = resolve_resume(cfg.checkpoint.resume, checkpoint_dir(cfg, out))
     callbacks = build_callbacks(cfg, out, module, tok)
     trainer = build_trainer(cfg, out, callbacks, ckpt_path)
     record_config(trainer, cfg, out)
@@ -138,7 +152,7 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict[str, Any]:
             from moe_lm.eval.overfit import overfit_report
 
             result.update(overfit_report(module.model, dm, tok, cfg.eval))
-    (out / "result.json").write_text(json.dumps(result, indent=2))
+    write_json_atomic(out / "result.json", result)
     return result
 
 

@@ -1,6 +1,6 @@
 """SIGTERM during training: the current batch finishes, last.ckpt is saved, the run says where it stopped and exits
 0 without final artefacts; checkpoint.resume=auto continues it, and the metrics of both parts are in one CSV,
-each step once."""
+each step once. A second run started on the same directory meanwhile is refused and leaves the first intact."""
 
 import csv
 import signal
@@ -21,7 +21,9 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly_then_auto_resumes(tmp_path
     for line in proc.stdout:  # wait until training runs
         if "first batch" in line or time.time() > deadline:
             break
-    time.sleep(2)
+    second = subprocess.run(args + ["trainer.max_steps=5"], capture_output=True, text=True, timeout=120)
+    assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr[-2000:]
+    assert f"error: out_dir: {tmp_path} is in use by another training run (pid {proc.pid})" in second.stderr
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out[-2000:]

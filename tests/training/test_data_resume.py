@@ -2,10 +2,12 @@
 reports the domain x expert routing matrix."""
 
 import lightning as L
+import pytest
 import torch
 
 from moe_lm.cli import compose
 from moe_lm.data.shards import DomainDataModule
+from moe_lm.inference.checkpoint import CheckpointError
 from moe_lm.training.lit_module import MoELitModule
 from moe_lm.training.routing_monitor import RoutingMonitor
 
@@ -20,8 +22,8 @@ class SeenBatches(L.Callback):
         self.ids.append(int(batch["batch_id"]))
 
 
-def fit(cfg, ckpt_in=None, max_steps=3):
-    dm = DomainDataModule(cfg.data, cfg.seed)
+def fit(cfg, ckpt_in=None, max_steps=3, seed=None):
+    dm = DomainDataModule(cfg.data, cfg.seed if seed is None else seed)
     seen = SeenBatches()
     trainer = L.Trainer(max_steps=max_steps, max_epochs=-1, accelerator="cpu", logger=False, enable_progress_bar=False,
                         enable_checkpointing=False, callbacks=[seen], limit_val_batches=0, enable_model_summary=False)
@@ -37,9 +39,17 @@ def test_checkpoint_carries_data_state_and_resume_continues(tmp_path, fake_shard
     path = tmp_path / "a.ckpt"
     trainer.save_checkpoint(path)
     ckpt = torch.load(path, weights_only=True)
-    assert ckpt["DomainDataModule"] == {"consumed": 3, "seed": cfg.seed}
+    state = ckpt["DomainDataModule"]
+    assert state["consumed"] == 3 and state["seed"] == cfg.seed and state["accumulate"] == 1
+    assert state["plan"]["train_tokens"] == [4000] * 6 and state["plan"]["round_robin_steps"] == 2
     _, resumed = fit(cfg, ckpt_in=str(path), max_steps=5)
     assert resumed == [3, 4]
+    with pytest.raises(CheckpointError, match=r"seed: the checkpoint's data order was made with seed 1337, .* 7"):
+        fit(cfg, ckpt_in=str(path), max_steps=5, seed=7)
+    other = compose(["model=moe_tiny", "data=domains", f"data.shards={fake_shards}", "data.seq_len=16",
+                     "data.batch_size=2", "data.round_robin_steps=3", "precision=fp32", "trainer.log_every_n_steps=1"])
+    with pytest.raises(CheckpointError, match=r"data: the checkpoint's data order was made with plan"):
+        fit(other, ckpt_in=str(path), max_steps=5)
 
 
 def test_validation_logs_domain_by_expert_routing_matrix_and_heatmap(tmp_path, fake_shards):

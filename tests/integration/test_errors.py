@@ -1,0 +1,107 @@
+"""Every bad input a user can give, table-driven across the commands: `error: <key or path>: <what>` on stderr, exit
+status 2, no traceback; `--debug` shows the traceback instead. Commands run in process through their `cli()`
+(what `python -m` calls); training runs as a subprocess, as users start it."""
+
+import importlib
+import os
+import resource
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from moe_lm.cli import DEBUG_VAR
+from moe_lm.config import ConfigError
+
+
+@pytest.fixture
+def files(tmp_path):
+    (tmp_path / "bad_utf8.txt").write_bytes(b"caf\xe9 au lait\n")
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "not_a.ckpt").write_text('{"not": "a checkpoint"}')
+    (tmp_path / "sweep" / "run0").mkdir(parents=True)
+    (tmp_path / "sweep" / "run0" / "result.json").write_text('{"steps": 3,')
+    return tmp_path
+
+
+CASES = [  # command, arguments ({t} = the files fixture's directory), what the error line must name
+    ("generate", [], "ckpt: "),
+    ("generate", ["ckpt=/nonexistent.ckpt"], "ckpt: no such checkpoint"),
+    ("generate", ["ckpt={t}/not_a.ckpt"], "ckpt: {t}/not_a.ckpt is not a readable checkpoint"),
+    ("generate", ["ckpt=x.ckpt", "top_p=2"], "top_p: must be in (0, 1]"),
+    ("generate", ["ckpt=x.ckpt", "temperature=inf"], "temperature: must be a finite number"),
+    ("generate", ["ckpt=x.ckpt", "not_a_key=1"], "not_a_key"),
+    ("inspect", ["ckpt=/nonexistent.ckpt"], "ckpt: no such checkpoint"),
+    ("report", [], "dir"),
+    ("report", ["dir=/nonexistent"], "dir: no result.json below /nonexistent"),
+    ("report", ["dir={t}/sweep"], "dir: {t}/sweep/run0/result.json is not a result.json written by moe_lm.train"),
+    ("params", ["model.top_k=9"], "model.top_k"),
+    ("params", ["bogus=1"], "bogus"),
+    ("params", ["+trainer.num_nodes=2"], "trainer.num_nodes: not a setting of this command"),
+    ("params", ["optimizer.lr=nan"], "optimizer.lr: must be a finite number"),
+    ("params", ["scheduler.min_lr_ratio=inf"], "scheduler.min_lr_ratio"),
+    ("params", ["trainer.val_check_interval=0"], "trainer.val_check_interval: must be > 0"),
+    ("params", ["trainer.accelerator=gpus"], "trainer.accelerator: must be one of"),
+    ("prepare", ["prepare.tokenizer=/nonexistent.json", "data=domains"], "prepare.tokenizer: no such file"),
+    ("prepare", ["data=domains", "prepare.batch_documents=0"], "prepare.batch_documents: must be > 0"),
+    ("prepare", [], "data: prepare needs the multi-domain data group"),
+    ("tokenizer", [], "data"),
+    ("tokenizer", ["tokenizer.vocab_size=-5"], "tokenizer.vocab_size: must be >= 512"),
+]
+
+
+@pytest.mark.parametrize("command,args,named", CASES, ids=[f"{c}-{' '.join(a) or 'none'}" for c, a, _ in CASES])
+def test_bad_input_is_one_named_error_line_and_exit_2(command, args, named, files, capsys, monkeypatch):
+    monkeypatch.delenv(DEBUG_VAR, raising=False)
+    cli = importlib.import_module(f"moe_lm.{command}").cli
+    with pytest.raises(SystemExit) as done:
+        cli([a.format(t=files) for a in args])
+    err = capsys.readouterr().err
+    assert done.value.code == 2, err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert named.format(t=files) in err, err
+
+
+def test_debug_shows_the_traceback_instead(capsys, monkeypatch):
+    from moe_lm.params import cli
+
+    monkeypatch.delenv(DEBUG_VAR, raising=False)
+    with pytest.raises(ConfigError, match="model.top_k"):
+        cli(["model.top_k=9", "--debug"])
+    assert os.environ.pop(DEBUG_VAR) == "1"
+
+
+def train(tmp_path, *args, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "moe_lm.train", "model=moe_tiny", "model.vocab_size=2048",
+                             "precision=fp32", "trainer.progress_bar=false", f"hydra.run.dir={tmp_path}/hydra", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_train_names_bad_files_and_devices(files):
+    cases = [(["data.path={t}/bad_utf8.txt"], "data.path: {t}/bad_utf8.txt is not UTF-8 text (byte 0xe9 at offset 3)"),
+             (["data.path={t}/empty.txt"], "data.path: {t}/empty.txt has no non-empty lines")]
+    if not torch.cuda.is_available():
+        cases.append((["trainer.accelerator=cuda"], "trainer: `CUDAAccelerator` can not run on your system"))
+    procs = [train(files / f"run{i}", *[a.format(t=files) for a in args], f"out_dir={files}/run{i}")
+             for i, (args, _) in enumerate(cases)]  # in parallel: each pays the start-up once
+    for proc, (_, named) in zip(procs, cases):
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 2, err[-2000:]
+        assert "Traceback" not in err and named.format(t=files) in err, err[-2000:]
+
+
+def test_a_full_disk_during_a_checkpoint_save_is_named_and_the_previous_one_survives(tmp_path):
+    """RLIMIT_FSIZE makes every write past 200 KB fail as a full disk would (EFBIG instead of ENOSPC): the
+    tokenizer and logs fit, the first checkpoint does not."""
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    proc = train(tmp_path, "trainer.max_steps=2", f"out_dir={tmp_path}", "logger.csv=false", preexec_fn=limit)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2, err[-2000:]
+    assert f"error: {tmp_path}/checkpoints/last.ckpt: could not write the checkpoint (File too large;" in err, err[-2000:]
+    assert "Traceback" not in err
+    assert not list((tmp_path / "checkpoints").glob("*.tmp"))  # no half-written file left behind
