@@ -83,3 +83,9 @@ def test_compressed_json_lines_stream_through_the_generic_builder(tmp_path):
     args, kwargs = sources.hub_load_args(SourceConfig(hub_id="x/y", data_files=path.name))
     kwargs["data_files"] = str(path)  # the local file instead of hf://datasets/x/y/...
     assert list(load_dataset(*args, **kwargs)) == rows
+
+
+def test_local_records_end_at_lf_crlf_or_cr(tmp_path):
+    p = tmp_path / "mixed.jsonl"
+    p.write_bytes(b'{"a": 1}\r{"a": 2}\r\n{"a": "x\\u2028y"}\n\n{"a": 4}')
+    assert [r["a"] for r in sources.read_records(p)] == [1, 2, "x\u2028y", 4]

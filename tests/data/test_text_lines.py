@@ -71,3 +71,18 @@ def test_aligned_samples_start_at_each_line_and_follow_file_order(tmp_path):
     batch = next(iter(dm.train_dataloader()))
     assert batch["input_ids"].shape == (2, 12) and (batch["input_ids"][:, 0] == eot).all()
     assert batch["targets"][:, :-1].tolist() == batch["input_ids"][:, 1:].tolist()
+
+
+def test_lines_end_at_lf_crlf_or_cr_and_unicode_separators_stay_inside_a_line(tmp_path):
+    p = tmp_path / "lines.txt"
+    p.write_bytes("one\r\ntwo\rthree\nfour \u2028 still four\u2029 and\x85 more\n".encode())
+    assert read_lines(p) == ["one", "two", "three", "four \u2028 still four\u2029 and\x85 more"]
+
+
+def test_non_utf8_file_names_the_byte_and_offset(tmp_path):
+    from moe_lm.config import ConfigError
+
+    p = tmp_path / "latin1.txt"
+    p.write_bytes(b"ok\ncaf\xe9\n")
+    with pytest.raises(ConfigError, match=r"data.path: .* is not UTF-8 text \(byte 0xe9 at offset 6\)"):
+        read_lines(p)
