@@ -171,6 +171,20 @@ def split_text_args(argv: Sequence[str], text_keys: Sequence[str]) -> tuple[list
     return rest, texts
 
 
+def read_prompt(prompt: str, prompt_file: str) -> str:
+    """The prompt: `prompt=` as given, or the text of `prompt_file` ('-' = stdin) without one final newline (the
+    one editors and `echo` add)."""
+    if not prompt_file:
+        return prompt
+    try:
+        text = sys.stdin.read() if prompt_file == "-" else Path(prompt_file).read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"prompt_file: no such file: {prompt_file}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"prompt_file: {prompt_file} is not UTF-8 text (byte offset {e.start})") from None
+    return text[:-1] if text.endswith("\n") else text
+
+
 def help_text(doc: str | None, config_name: str) -> str:
     cfg = compose_raw((), config_name)
     return (f"{(doc or '').strip()}\n\nConfig (`{config_name}`; override any key with key=value, a group with "
@@ -190,4 +204,6 @@ def run_command(main: Callable[[Any], None], config_name: str, doc: str | None, 
         cfg = compose(overrides, config_name)
         for key, value in texts.items():
             setattr(cfg, key, value)
+        if texts:
+            cfg.__post_init__()  # the checks again, now that the verbatim values are in
         main(cfg)

@@ -290,7 +290,9 @@ class TrainerConfig:
     accumulate_grad_batches: int = 1
     accelerator: str = "auto"
     devices: str = "auto"
+    num_nodes: int = 1
     strategy: str = "auto"
+    gradient_checkpointing: bool = False  # recompute each block's activations in backward: less memory, one more forward pass per step
     log_every_n_steps: int = 10
     val_check_interval: Optional[int] = None  # in optimizer steps; null = no validation loop
     limit_val_batches: int = 8
@@ -306,6 +308,7 @@ class TrainerConfig:
         _check(self.val_check_interval is None or self.val_check_interval > 0, "trainer.val_check_interval",
                "must be > 0 (optimizer steps between validations) or null (no validation)")
         _check(self.log_every_n_steps > 0, "trainer.log_every_n_steps", "must be > 0")
+        _check(self.num_nodes > 0, "trainer.num_nodes", "must be > 0")
         _check(self.limit_val_batches >= 0, "trainer.limit_val_batches", "must be >= 0")
         _one_of(self.accelerator, "trainer.accelerator", ("auto", "cpu", "gpu", "cuda", "mps", "tpu"))
 
@@ -464,12 +467,14 @@ class GenerateConfig(SamplingConfig):
 
     ckpt: str = ""
     prompt: str = ""
+    prompt_file: str = ""  # the prompt is this file's text ('-' = stdin), instead of prompt=
     chat: bool = False
     device: str = "cpu"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(bool(self.ckpt), "ckpt", "required, e.g. ckpt=runs/overfit_100_lines/checkpoints/final.ckpt")
+        _check(not (self.prompt and self.prompt_file), "prompt_file", "give prompt= or prompt_file=, not both")
 
 
 @dataclass
@@ -478,10 +483,12 @@ class InspectConfig:
 
     ckpt: str = ""
     prompt: str = ""
+    prompt_file: str = ""  # the prompt is this file's text ('-' = stdin), instead of prompt=
     top: int = 5
 
     def __post_init__(self) -> None:
         _check(bool(self.ckpt), "ckpt", "required, e.g. ckpt=runs/overfit_100_lines/checkpoints/final.ckpt")
+        _check(not (self.prompt and self.prompt_file), "prompt_file", "give prompt= or prompt_file=, not both")
         _check(self.top > 0, "top", "must be > 0")
 
 

@@ -1,18 +1,17 @@
 """Generate from a checkpoint: `python -m moe_lm.generate ckpt=PATH prompt="..." [temperature=0.8 top_p=0.9 ...]`.
 
 Tokens are printed as they are produced (moe_lm/inference/decode.py, with the KV cache). `chat=true` runs a
-multi-turn chat from stdin. The prompt is taken verbatim (colons, quotes and all); every other key is a
-sampling setting of conf/generate.yaml.
+multi-turn chat from stdin. The prompt is taken verbatim (colons, quotes and all), or read from
+`prompt_file=PATH` (`prompt_file=-` reads stdin); every other key is a sampling setting of conf/generate.yaml.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import sys
 from dataclasses import fields
+from typing import Sequence
 
-from moe_lm.cli import run_command
+from moe_lm.cli import read_prompt, run_command
 from moe_lm.config import GenerateConfig, SamplingConfig
 
 
@@ -28,7 +27,7 @@ def main(cfg: GenerateConfig) -> None:
     sampling = SamplingConfig(**{f.name: getattr(cfg, f.name) for f in fields(SamplingConfig)})
     write = sys.stdout.write
     if not cfg.chat:
-        stream_text(model, tok, [eot] + tok.encode(cfg.prompt).ids, sampling, eot, write)
+        stream_text(model, tok, [eot] + tok.encode(read_prompt(cfg.prompt, cfg.prompt_file)).ids, sampling, eot, write)
         return
     messages: list[tuple[str, str]] = []
     kind = "role tokens" if has_chat_tokens(tok) else "plain-text template: this tokenizer has no role tokens"
@@ -45,7 +44,7 @@ def main(cfg: GenerateConfig) -> None:
 
 def cli(argv: Sequence[str] | None = None) -> None:
     """The command line (argv defaults to sys.argv[1:])."""
-    run_command(main, "generate", __doc__, text_keys=("prompt",), argv=argv)
+    run_command(main, "generate", __doc__, text_keys=("prompt", "prompt_file"), argv=argv)
 
 
 if __name__ == "__main__":

@@ -2,14 +2,15 @@
 
 Prints the architecture and parameter table, then for every prompt token the top next-token predictions
 after every layer (logit lens) and the experts the token was routed to in every MoE layer, with their
-weights (moe_lm/inference/logit_lens.py). The prompt is taken verbatim (colons, quotes and all).
+weights (moe_lm/inference/logit_lens.py). The prompt is taken verbatim (colons, quotes and all), or read from
+`prompt_file=PATH` (`prompt_file=-` reads stdin).
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
-from moe_lm.cli import run_command
+from moe_lm.cli import read_prompt, run_command
 from moe_lm.config import InspectConfig
 
 
@@ -20,12 +21,12 @@ def main(cfg: InspectConfig) -> None:
     model, tok, _ = load_model(cfg.ckpt)
     if tok is None:
         raise CheckpointError(f"ckpt: {cfg.ckpt} carries no tokenizer")
-    print(report(model, tok, cfg.prompt, cfg.top))
+    print(report(model, tok, read_prompt(cfg.prompt, cfg.prompt_file), cfg.top))
 
 
 def cli(argv: Sequence[str] | None = None) -> None:
     """The command line (argv defaults to sys.argv[1:])."""
-    run_command(main, "inspect", __doc__, text_keys=("prompt",), argv=argv)
+    run_command(main, "inspect", __doc__, text_keys=("prompt", "prompt_file"), argv=argv)
 
 
 if __name__ == "__main__":

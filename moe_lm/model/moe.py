@@ -129,6 +129,12 @@ class MoE(nn.Module):
         # Token slots per expert since the last bias update (summed over micro-batches).
         self.register_buffer("tokens_per_expert", torch.zeros(cfg.n_routed_experts), persistent=False)
 
+    @torch.no_grad()
+    def record_load(self, counts: torch.Tensor) -> None:
+        """Add a training forward's expert counts to the load the next bias update balances. Kept out of forward,
+        so that forward has no side effects (gradient checkpointing runs it twice)."""
+        self.tokens_per_expert += counts.to(self.tokens_per_expert.dtype)
+
     def forward(self, x: torch.Tensor, token_mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, MoEStats]:
         """x: (B, T, D). token_mask: optional (B, T) bool, the tokens that count in the expert loads, the
         balance losses and the bias update (padding does not); every token is still computed."""
@@ -146,8 +152,6 @@ class MoE(nn.Module):
         y = self.experts(x2, r.topk_idx, r.topk_weight, dispatch)
         if self.shared_experts is not None:
             y = y + self.shared_experts(x2)
-        if self.training:
-            self.tokens_per_expert += counts.to(self.tokens_per_expert.dtype)
         zero = x.new_zeros((), dtype=torch.float32)
         if not self.training:  # decoding and evaluation need no balance losses: keep them off that path
             return y.view(shape), MoEStats(zero, zero, counts, r.topk_idx, r.topk_weight, zero, r.logits)

@@ -11,6 +11,7 @@ from typing import Optional
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from moe_lm.config import ModelConfig
 from moe_lm.model.block import Block
@@ -44,6 +45,7 @@ class MoETransformer(nn.Module):
             self.lm_head.weight = self.embed_tokens.weight
         self.dropout = nn.Dropout(cfg.dropout)
         self.rope_dim = cfg.qk_rope_head_dim if cfg.attention == "mla" else cfg.head_dim
+        self.gradient_checkpointing = False  # a training-memory switch (trainer.gradient_checkpointing), not architecture
         self.reset_parameters()
 
     @torch.no_grad()
@@ -82,8 +84,12 @@ class MoETransformer(nn.Module):
             cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, T, R/2)
         x = self.dropout(self.embed_tokens(input_ids))  # (B, T, D)
         stats, hidden = [], []
+        recompute = self.gradient_checkpointing and self.training and cache is None and torch.is_grad_enabled()
         for layer in self.layers:
-            x, s = layer(x, cos, sin, cache, attn_mask, token_mask)
+            if recompute:  # keep only each block's input; its activations are recomputed in the backward pass
+                x, s = checkpoint(layer, x, cos, sin, None, attn_mask, token_mask, use_reentrant=False)
+            else:
+                x, s = layer(x, cos, sin, cache, attn_mask, token_mask)
             if s is not None:
                 stats.append(s)
             if return_hidden:
@@ -95,6 +101,9 @@ class MoETransformer(nn.Module):
         hidden_states = hidden if return_hidden else None
         if not stats:
             return ModelOutput(logits, zero, zero, None, None, None, hidden_states)
+        if self.training:
+            for moe, s in zip(self.moe_layers(), stats):
+                moe.record_load(s.expert_counts)
         aux = torch.stack([s.aux_loss for s in stats]).mean()
         z = torch.stack([s.z_loss for s in stats]).mean()
         counts = torch.stack([s.expert_counts for s in stats])  # (L, E)

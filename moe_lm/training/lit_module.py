@@ -32,6 +32,7 @@ class MoELitModule(L.LightningModule):
         super().__init__()
         self.cfg, self.tokenizer, self.domains = cfg, tokenizer, list(domains)
         self.model = MoETransformer(cfg.model)
+        self.model.gradient_checkpointing = cfg.trainer.gradient_checkpointing
         # routed expert of each domain (-1: none), for the guided warm start
         self.register_buffer("domain_expert", expert_targets(experts or [None] * len(self.domains)), persistent=False)
         self.warm_steps = getattr(cfg.data, "round_robin_steps", 0)

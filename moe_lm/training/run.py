@@ -63,7 +63,8 @@ def build_trainer(cfg: TrainConfig, out_dir: Path, callbacks: list[L.Callback], 
     t = cfg.trainer
     validate = t.val_check_interval is not None
     return L.Trainer(
-        max_steps=t.max_steps, max_epochs=-1, accelerator=t.accelerator, devices=t.devices, strategy=t.strategy,
+        max_steps=t.max_steps, max_epochs=-1, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+        strategy=t.strategy,
         precision=cfg.precision.lightning, accumulate_grad_batches=t.accumulate_grad_batches,
         log_every_n_steps=t.log_every_n_steps,
         val_check_interval=t.val_check_interval * t.accumulate_grad_batches if validate else None,

@@ -74,7 +74,7 @@ def test_aux_free_bias_moves_skewed_router_toward_balance(make_model_cfg):
     moe.tokens_per_expert.zero_()
     for _ in range(200):
         with torch.no_grad():
-            moe(x)
+            moe.record_load(moe(x)[1].expert_counts)
         moe.update_bias(cfg.bias_update_rate)
         assert abs(float(moe.gate.e_score_correction_bias.mean())) < 1e-6  # mean-centred
     after = load_cv()
@@ -126,10 +126,12 @@ def test_masked_tokens_do_not_count_in_loads_losses_or_bias_update(scoring, make
     x = torch.randn(1, 6, moe.cfg.d_model)
     pad = torch.randn(1, 4, moe.cfg.d_model) * 3  # padding that would route somewhere
     y_ref, ref = moe(x)
+    moe.record_load(ref.expert_counts)
     load_ref = moe.tokens_per_expert.clone()
     moe.tokens_per_expert.zero_()
     mask = torch.tensor([[True] * 6 + [False] * 4])
     y, got = moe(torch.cat([x, pad], dim=1), token_mask=mask)
+    moe.record_load(got.expert_counts)
     torch.testing.assert_close(y[:, :6], y_ref)  # every token is still computed
     assert got.expert_counts.tolist() == ref.expert_counts.float().tolist()
     assert moe.tokens_per_expert.tolist() == load_ref.tolist()
