@@ -29,11 +29,21 @@ def code_blocks(markdown: str) -> str:
     return "\n".join(re.findall(r"```[a-z]*\n(.*?)```", markdown, flags=re.S))
 
 
+def notebook_commands(repo) -> list[str]:
+    """The notebook's shell commands with its Python values filled in as IPython does (`{expr}`), from its
+    parameters cell as shipped and the run paths its set-up cell derives."""
+    nb = json.loads((repo / "experiments" / "colab.ipynb").read_text())
+    cells = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+    ns: dict = {}
+    exec(next(c for c in cells if c.startswith("# Parameters")), ns)
+    ns.update(shlex=shlex, RUN=f"{ns['ROOT']}/run1", TOK=f"{ns['ROOT']}/tokenizer/tokenizer.json",
+              SHARDS=f"{ns['ROOT']}/shards")
+    return [re.sub(r"\{([^{}]+)\}", lambda m: str(eval(m[1], ns)), c) for c in commands("\n".join(cells))]
+
+
 def documented(repo) -> list[tuple[str, str]]:
     readme = code_blocks((repo / "README.md").read_text())
-    nb = json.loads((repo / "experiments" / "colab.ipynb").read_text())
-    cells = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
-    return [("README.md", c) for c in commands(readme)] + [("colab.ipynb", c) for c in commands(cells)]
+    return [("README.md", c) for c in commands(readme)] + [("colab.ipynb", c) for c in notebook_commands(repo)]
 
 
 def test_readme_and_notebook_commands_compose(repo_root):
