@@ -48,6 +48,8 @@ def describe_hydra(e: BaseException) -> str:
     msg = str(e)
     if m := re.search(r"Could not override '([^']+)'", msg):
         return f"{m[1]}: not a setting of this command (--help lists them)"
+    if m := re.search(r"An item is already at '([^']+)'", msg):
+        return f"{m[1]}: already a setting; write {m[1]}=VALUE without +"
     if m := re.search(r"Could not find '([^']+)/([^']+)'", msg):
         options = re.findall(r"^\t(\S+)$", msg.split("Config search path")[0], re.M)
         return f"{m[1]}: no option {m[2]!r} (options: {', '.join(options)})"

@@ -121,6 +121,10 @@ class SourceConfig:
     # data/train.us_bills.jsonl.xz). Needed where the repo still ships a loading script, which `datasets` >= 4
     # refuses to run; the glob then picks the split and `config` is not used.
     data_files: str = ""
+    # A branch or ref of the hub repo to read, e.g. refs/convert/parquet (the hub's parquet conversion of a repo
+    # that only has a loading script or archives); with data_files, the glob is taken in that revision.
+    revision: str = ""
+    gated: bool = False  # the hub requires accepting terms and a token: skipped, with a warning, when none is set
 
 
 @dataclass

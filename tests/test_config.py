@@ -81,5 +81,5 @@ def test_data_groups_pick_their_schema():
 
 
 def test_an_appended_key_no_schema_declares_fails_naming_it():
-    with pytest.raises(ConfigError, match=r"trainer\.num_nodes"):  # `+` lets Hydra add it; nothing would read it
-        compose(["+trainer.num_nodes=2"])
+    with pytest.raises(ConfigError, match=r"trainer\.nodes"):  # `+` lets Hydra add it; nothing would read it
+        compose(["+trainer.nodes=2"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Union
 
@@ -47,16 +48,25 @@ def hub_load_args(src: SourceConfig) -> tuple[tuple, dict[str, Any]]:
     """`load_dataset` arguments for a source: the repo (its loading code), or its files through the generic
     json/parquet builders, which never run a repo's loading script."""
     if not src.data_files:
-        return (src.hub_id, src.config), {"split": src.split, "streaming": True}
+        revision = {"revision": src.revision} if src.revision else {}
+        return (src.hub_id, src.config), {"split": src.split, "streaming": True, **revision}
     name = src.data_files.lower()
     builder = "parquet" if name.endswith(".parquet") else "json" if ".json" in name else None
     if builder is None:
         raise ConfigError(f"data_files of {src.hub_id}: {src.data_files!r} is neither JSON lines nor parquet")
-    files = f"hf://datasets/{src.hub_id}/{src.data_files}"
+    at = f"@{src.revision}" if src.revision else ""
+    files = f"hf://datasets/{src.hub_id}{at}/{src.data_files}"
     return (builder,), {"data_files": files, "split": "train", "streaming": True}  # one glob = one "train" split
 
 
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+
+
+def hub_token() -> str | None:
+    """The token huggingface_hub would send (HF_TOKEN, or a saved login), if any."""
+    from huggingface_hub import get_token
+
+    return get_token()
 
 
 def iter_hub(src: SourceConfig, retries: int = 5, backoff_s: float = 2.0) -> Iterator[dict[str, Any]]:
@@ -70,6 +80,10 @@ def iter_hub(src: SourceConfig, retries: int = 5, backoff_s: float = 2.0) -> Ite
         if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
             raise ConnectionError(f"source {src.hub_id}: {var} is set, so the hub cannot be streamed; use "
                                   f"data.source=local (with paths.data_root) or unset {var}")
+    if src.gated and not hub_token():
+        warnings.warn(f"source {src.hub_id}: gated on the hub (accept its terms on the dataset page, then "
+                      f"`huggingface-cli login` or set HF_TOKEN); skipped")
+        return
     done, attempt = 0, 0
     while True:
         try:

@@ -89,3 +89,38 @@ def test_local_records_end_at_lf_crlf_or_cr(tmp_path):
     p = tmp_path / "mixed.jsonl"
     p.write_bytes(b'{"a": 1}\r{"a": 2}\r\n{"a": "x\\u2028y"}\n\n{"a": 4}')
     assert [r["a"] for r in sources.read_records(p)] == [1, 2, "x\u2028y", 4]
+
+
+def test_a_revision_reads_the_files_of_that_ref():
+    src = SourceConfig(hub_id="NortheasternUniversity/big_patent", revision="refs/convert/parquet",
+                       data_files="all/*train/*.parquet")
+    args, kwargs = sources.hub_load_args(src)
+    assert args == ("parquet",)
+    assert kwargs["data_files"] == "hf://datasets/NortheasternUniversity/big_patent@refs/convert/parquet/all/*train/*.parquet"
+    from huggingface_hub.hf_file_system import parse_hf_uri
+
+    parsed = parse_hf_uri(kwargs["data_files"])  # how huggingface_hub will read that path
+    assert (parsed.id, parsed.revision, parsed.path_in_repo) == (src.hub_id, src.revision, src.data_files)
+    _, kwargs = sources.hub_load_args(SourceConfig(hub_id="a/b", revision="v1.0"))
+    assert kwargs["revision"] == "v1.0"
+
+
+def test_a_gated_source_without_a_token_is_skipped_with_a_warning(monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(sources, "hub_token", lambda: None)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("must not try a gated repo"))
+    with pytest.warns(UserWarning, match=r"source bigcode/the-stack-v2: gated on the hub .*HF_TOKEN\); skipped"):
+        assert list(sources.iter_hub(SourceConfig(hub_id="bigcode/the-stack-v2", gated=True))) == []
+    monkeypatch.setattr(sources, "hub_token", lambda: "hf_x")
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: iter([{"content": "x = 1"}]))
+    assert list(sources.iter_hub(SourceConfig(hub_id="bigcode/the-stack-v2", gated=True))) == [{"content": "x = 1"}]
+
+
+def test_flan_2022_rows_format_as_a_chat_turn():
+    from moe_lm.data.formatters import flan
+
+    row = {"inputs": "Is the sky blue? Think step by step.", "targets": "It scatters blue light. So yes.",
+           "task_source": "CoT", "task_name": "creak", "template_type": "zs_opt"}  # SirNeural/flan_v2 cot_zs_opt
+    text = flan(row)
+    assert "Is the sky blue? Think step by step." in text and text.rstrip().endswith("It scatters blue light. So yes.")
