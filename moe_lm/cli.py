@@ -24,6 +24,9 @@ from moe_lm.errors import NonFiniteError
 from moe_lm.inference.checkpoint import CheckpointError
 
 DEBUG_VAR = "MOE_LM_DEBUG"
+# The primary config (conf/<name>.yaml) each command composes.
+COMMAND_CONFIG = {"train": "config", "params": "config", "tokenizer": "config", "prepare": "config",
+                  "generate": "generate", "inspect": "inspect", "report": "report"}
 
 
 def conf_dir() -> Path:
@@ -187,20 +190,21 @@ def read_prompt(prompt: str, prompt_file: str) -> str:
     return text[:-1] if text.endswith("\n") else text
 
 
-def help_text(doc: str | None, config_name: str) -> str:
+def help_text(doc: str | None, config_name: str, example: str = "") -> str:
     cfg = compose_raw((), config_name)
-    return (f"{(doc or '').strip()}\n\nConfig (`{config_name}`; override any key with key=value, a group with "
-            f"group=option):\n\n{OmegaConf.to_yaml(cfg, resolve=False)}")
+    example = f"\n\nExample: {example}" if example else ""
+    return (f"{(doc or '').strip()}{example}\n\nConfig (`{config_name}`; override any key with key=value, a group "
+            f"with group=option; --debug shows a traceback on error):\n\n{OmegaConf.to_yaml(cfg, resolve=False)}")
 
 
 def run_command(main: Callable[[Any], None], config_name: str, doc: str | None, text_keys: Sequence[str] = (),
-                argv: Sequence[str] | None = None) -> None:
+                argv: Sequence[str] | None = None, example: str = "") -> None:
     """Parse argv as overrides of `config_name`, validate, call `main(cfg)`; bad input exits 2 with one line."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug_requested(argv)
     with reported_errors():
         if "--help" in argv or "-h" in argv:
-            print(help_text(doc, config_name))
+            print(help_text(doc, config_name, example))
             return
         overrides, texts = split_text_args(argv, text_keys)
         cfg = compose(overrides, config_name)

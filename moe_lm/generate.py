@@ -15,6 +15,9 @@ from moe_lm.cli import read_prompt, run_command
 from moe_lm.config import GenerateConfig, SamplingConfig
 
 
+EXAMPLE = 'python -m moe_lm.generate ckpt=runs/overfit_100_lines/checkpoints/final.ckpt prompt="Question: what is 2+2?" temperature=0'
+
+
 def main(cfg: GenerateConfig) -> None:
     from moe_lm.data.bpe import EOT, chat_text, has_chat_tokens
     from moe_lm.inference.checkpoint import CheckpointError, load_model
@@ -44,7 +47,8 @@ def main(cfg: GenerateConfig) -> None:
 
 def cli(argv: Sequence[str] | None = None) -> None:
     """The command line (argv defaults to sys.argv[1:])."""
-    run_command(main, "generate", __doc__, text_keys=("prompt", "prompt_file"), argv=argv)
+    run_command(main, "generate", __doc__, text_keys=("prompt", "prompt_file"), argv=argv,
+                example=EXAMPLE)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,9 @@ from moe_lm.cli import read_prompt, run_command
 from moe_lm.config import InspectConfig
 
 
+EXAMPLE = 'python -m moe_lm.inspect ckpt=runs/overfit_100_lines/checkpoints/final.ckpt prompt="def add(a, b):" top=3'
+
+
 def main(cfg: InspectConfig) -> None:
     from moe_lm.inference.checkpoint import CheckpointError, load_model
     from moe_lm.inference.logit_lens import report
@@ -26,7 +29,8 @@ def main(cfg: InspectConfig) -> None:
 
 def cli(argv: Sequence[str] | None = None) -> None:
     """The command line (argv defaults to sys.argv[1:])."""
-    run_command(main, "inspect", __doc__, text_keys=("prompt", "prompt_file"), argv=argv)
+    run_command(main, "inspect", __doc__, text_keys=("prompt", "prompt_file"), argv=argv,
+                example=EXAMPLE)
 
 
 if __name__ == "__main__":

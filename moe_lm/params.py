@@ -12,6 +12,9 @@ from moe_lm.cli import run_command
 from moe_lm.config import TrainConfig
 
 
+EXAMPLE = 'python -m moe_lm.params model=moe_small data.seq_len=256'
+
+
 def main(cfg: TrainConfig) -> None:
     from moe_lm.model.counting import param_table
 
@@ -20,7 +23,8 @@ def main(cfg: TrainConfig) -> None:
 
 def cli(argv: Sequence[str] | None = None) -> None:
     """The command line (argv defaults to sys.argv[1:])."""
-    run_command(main, "config", __doc__, argv=argv)
+    run_command(main, "config", __doc__, argv=argv,
+                example=EXAMPLE)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,9 @@ from moe_lm.cli import run_command
 from moe_lm.config import TrainConfig
 
 
+EXAMPLE = 'python -m moe_lm.prepare data=domains data.source=local paths.data_root=../shared/data'
+
+
 def main(cfg: TrainConfig) -> None:
     from moe_lm.data.shard_writer import prepare
 
@@ -29,7 +32,8 @@ def main(cfg: TrainConfig) -> None:
 
 def cli(argv: Sequence[str] | None = None) -> None:
     """The command line (argv defaults to sys.argv[1:])."""
-    run_command(main, "config", __doc__, argv=argv)
+    run_command(main, "config", __doc__, argv=argv,
+                example=EXAMPLE)
 
 
 if __name__ == "__main__":

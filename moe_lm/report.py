@@ -17,6 +17,9 @@ from moe_lm.cli import run_command
 from moe_lm.config import ReportConfig
 
 
+EXAMPLE = 'python -m moe_lm.report dir=runs/specialisation/sweep'
+
+
 def main(cfg: ReportConfig) -> None:
     from moe_lm.eval.sweep_report import write_report
 
@@ -27,7 +30,8 @@ def main(cfg: ReportConfig) -> None:
 
 def cli(argv: Sequence[str] | None = None) -> None:
     """The command line (argv defaults to sys.argv[1:])."""
-    run_command(main, "report", __doc__, argv=argv)
+    run_command(main, "report", __doc__, argv=argv,
+                example=EXAMPLE)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,9 @@ from moe_lm.cli import run_command
 from moe_lm.config import ConfigError, DomainsDataConfig, TrainConfig
 
 
+EXAMPLE = 'python -m moe_lm.tokenizer data=domains data.source=local paths.data_root=../shared/data tokenizer.vocab_size=8192'
+
+
 def main(cfg: TrainConfig) -> None:
     from moe_lm.data.bpe import save_tokenizer, train_domain_tokenizer
 
@@ -31,7 +34,8 @@ def main(cfg: TrainConfig) -> None:
 
 def cli(argv: Sequence[str] | None = None) -> None:
     """The command line (argv defaults to sys.argv[1:])."""
-    run_command(main, "config", __doc__, argv=argv)
+    run_command(main, "config", __doc__, argv=argv,
+                example=EXAMPLE)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
 """Every command as a user runs it: one argument style, `--help`, one-line errors naming the key, exit status 2."""
 
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from moe_lm.cli import COMMAND_CONFIG, compose, split_text_args
 
 COMMANDS = ["train", "generate", "inspect", "params", "tokenizer", "prepare", "report"]
 TWO_LINES = ("the quick brown fox jumps over the lazy dog while seven wizards quietly juggle boxes.\n"
@@ -15,11 +18,21 @@ def run(module: str, *args: str, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", f"moe_lm.{module}", *args], capture_output=True, text=True, **kw)
 
 
+HELP_SHOWS = {  # a key with its default that each command's --help must list
+    "train": "max_steps: 1000", "generate": "max_new_tokens: 128", "inspect": "top: 5", "params": "n_layers: 12",
+    "tokenizer": "vocab_size: 32000", "prepare": "val_fraction: 0.01", "report": "dir: ''"}
+
+
 @pytest.mark.parametrize("command", COMMANDS)
-def test_every_command_has_help(command):
+def test_every_command_has_help_with_its_keys_and_an_example(command):
     r = run(command, "--help")
     assert r.returncode == 0, r.stderr[-2000:]
-    assert f"moe_lm.{command}" in r.stdout or "== Config ==" in r.stdout  # our docstring, or Hydra's app help
+    assert f"moe_lm.{command}" in r.stdout and HELP_SHOWS[command] in r.stdout
+    example = next(ln for ln in r.stdout.splitlines() if ln.startswith("Example: "))
+    words = shlex.split(example.removeprefix("Example: "))
+    assert words[:3] == ["python", "-m", f"moe_lm.{command}"]
+    overrides, _ = split_text_args(words[3:], ("prompt",))
+    compose(overrides, COMMAND_CONFIG[command])  # the example is valid as printed
 
 
 @pytest.mark.parametrize("command,args,key", [

@@ -7,10 +7,7 @@ import shlex
 
 import pytest
 
-from moe_lm.cli import compose, split_text_args
-
-CONFIG_OF = {"train": "config", "params": "config", "tokenizer": "config", "prepare": "config", "generate": "generate",
-             "inspect": "inspect", "report": "report"}
+from moe_lm.cli import COMMAND_CONFIG, compose, split_text_args
 PLACEHOLDERS = {"$RUN": "/tmp/run", "PATH": "/tmp/x.ckpt", "...": ""}
 
 
@@ -60,12 +57,12 @@ def test_readme_and_notebook_commands_compose(repo_root):
             args = [re.sub(r"=([^,\[]+),\S+", r"=\1", a) for a in args]
         overrides, _ = split_text_args(args, ("prompt",))
         try:
-            compose(overrides, CONFIG_OF[command])
+            compose(overrides, COMMAND_CONFIG[command])
         except Exception as e:  # noqa: BLE001 - collect them all
             failures.append(f"{src}: {line}\n    {type(e).__name__}: {e}")
     assert not failures, "\n".join(failures)
 
 
-@pytest.mark.parametrize("command", sorted(CONFIG_OF))
+@pytest.mark.parametrize("command", sorted(COMMAND_CONFIG))
 def test_every_command_is_documented_in_the_readme(repo_root, command):
     assert f"python -m moe_lm.{command}" in (repo_root / "README.md").read_text()
