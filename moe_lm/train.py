@@ -29,7 +29,7 @@ def main(dcfg: DictConfig) -> float | None:
         if hc.mode == RunMode.MULTIRUN:  # a multirun sweep is one wandb group, each run named by its overrides
             cfg.logger.group = cfg.logger.group or Path(hc.sweep.dir).name
             cfg.logger.name = cfg.logger.name or hc.job.override_dirname or str(hc.job.num)
-        result = train(cfg, cfg.out_dir or hc.runtime.output_dir)
+        result = train(cfg, cfg.out_dir or hc.runtime.output_dir, hc.runtime.choices.get("experiment") or "")
     return result.get("final_train_loss")
 
 

@@ -39,21 +39,28 @@ def routing_heatmap(frac: torch.Tensor, domains: list[str], out_dir: str, step: 
     return path
 
 
-def loss_curve(history: list[tuple[int, float]], path: Path, title: str) -> None:
-    """(step, loss) pairs -> a PNG with a log-scale loss axis."""
+def loss_curve(train: list[tuple[int, float]], val: dict[str, list[tuple[int, float]]], path: Path,
+               title: str) -> None:
+    """Train loss per optimizer step, and each validation loss ("val/loss", "val/loss/<domain>") at its steps, on
+    log-log axes (early steps and the long tail both readable) -> PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    steps, losses = zip(*history)
-    ax.plot(steps, losses)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot(*zip(*train), color="0.55", linewidth=0.8, label="train")
+    for key, points in sorted(val.items()):
+        name = key.removeprefix("val/loss").lstrip("/") or "all domains"
+        ax.plot(*zip(*points), marker="o", markersize=3, linewidth=1.2 if name != "all domains" else 2.2,
+                color="black" if name == "all domains" else None, label=f"val {name}")
+    ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("train loss (cross-entropy, nats)")
+    ax.set_ylabel("cross-entropy (nats/token)")
     ax.set_title(title)
-    ax.grid(True, alpha=0.3)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2 if len(val) > 4 else 1)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

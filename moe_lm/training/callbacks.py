@@ -44,8 +44,17 @@ class StepProgressBar(RichProgressBar):
     """Lightning's Rich bar, titled with optimizer steps: runs stop at max_steps, so its `Epoch 3/-2` says nothing."""
 
     def _get_train_description(self, current_epoch: int) -> str:
-        desc = f"Epoch {current_epoch}, step {self.trainer.global_step}/{self.trainer.max_steps}"
+        desc = f"step {self.trainer.global_step}/{self.trainer.max_steps}"
         return f"{desc:{len(self.validation_description)}}"
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        """Count optimizer steps, not batches, and retitle the bar: Lightning sets its title once per epoch, and a
+        run here is one endless epoch, so the title would stay at step 0."""
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self.progress is not None and self.train_progress_bar_id is not None:
+            self.progress.update(self.train_progress_bar_id, completed=trainer.global_step, total=trainer.max_steps,
+                                 description=self._get_train_description(trainer.current_epoch))
+            self.refresh()
 
 
 class Throughput(L.Callback):
@@ -92,18 +101,35 @@ class FirstBatchPrinter(L.Callback):
 
 
 class LossCurve(L.Callback):
-    """(optimizer step, train cross-entropy) after every optimizer step; `loss_curve.png` at the end of fit."""
+    """Train cross-entropy after every optimizer step and the validation losses (overall and per domain) at every
+    validation; kept in checkpoints, so a resumed run's `loss_curve.png` (written at the end of fit) covers the
+    whole run."""
 
     def __init__(self, path: Optional[Path], title: str) -> None:
         self.path, self.title = path, title
         self.history: list[tuple[int, float]] = []
+        self.val: dict[str, list[tuple[int, float]]] = {}  # "val/loss" and "val/loss/<domain>" -> (step, loss)
 
     def on_train_batch_end(self, trainer, pl_module, outputs: Any, batch, batch_idx) -> None:
         if at_optimizer_step(trainer, batch_idx):
             self.history.append((trainer.global_step, float(outputs["ce"])))
 
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        for key, value in trainer.callback_metrics.items():
+            if key == "val/loss" or key.startswith("val/loss/"):
+                self.val.setdefault(key, []).append((trainer.global_step, float(value)))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history, "val": self.val}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = [tuple(p) for p in state.get("history", [])]
+        self.val = {k: [tuple(p) for p in v] for k, v in state.get("val", {}).items()}
+
     def on_fit_end(self, trainer, pl_module) -> None:
         if self.path is not None and self.history and trainer.is_global_zero:
             from moe_lm.eval.plots import loss_curve
 
-            loss_curve(self.history, self.path, self.title)
+            loss_curve(self.history, self.val, self.path, self.title)

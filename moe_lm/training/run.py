@@ -36,13 +36,19 @@ def checkpoint_dir(cfg: TrainConfig, out_dir: Path) -> Path:
     return Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else out_dir / "checkpoints"
 
 
-def build_callbacks(cfg: TrainConfig, out_dir: Path, module: MoELitModule, tok) -> list[L.Callback]:
+def run_title(cfg: TrainConfig, experiment: str = "") -> str:
+    """What a figure of this run is titled: the experiment (when one was named), the model and the data."""
+    return f"{experiment + ': ' if experiment else ''}{cfg.model.name} on {cfg.data.describe()}"
+
+
+def build_callbacks(cfg: TrainConfig, out_dir: Path, module: MoELitModule, tok,
+                    experiment: str = "") -> list[L.Callback]:
     ck, ckdir = cfg.checkpoint, checkpoint_dir(cfg, out_dir)
     flops = train_flops_per_token(cfg.model, param_breakdown(module.model, cfg.model), cfg.data.seq_len)
     callbacks: list[L.Callback] = [
         StepCheckpoint(dirpath=str(ckdir), save_last=True, save_top_k=0),
         SaveOnSignal(ckdir / "last.ckpt"), RunState(),
-        LossCurve(out_dir / "loss_curve.png", f"{cfg.model.name} on {cfg.data.describe()}"),
+        LossCurve(out_dir / "loss_curve.png", run_title(cfg, experiment)),
         Throughput(flops, cfg.trainer.peak_flops),
         RoutingMonitor(module.domains, cfg.model.n_routed_experts, cfg.model.first_k_dense,
                        [cfg.data.domains[d].expert for d in module.domains])]
@@ -109,7 +115,7 @@ def launching_process() -> bool:
     return all(os.environ.get(var, "0") == "0" for var in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID"))
 
 
-def train(cfg: TrainConfig, out_dir: str | Path) -> dict[str, Any]:
+def train(cfg: TrainConfig, out_dir: str | Path, experiment: str = "") -> dict[str, Any]:
     """Train under a lock on the run directory (and on checkpoint.dir): a second run there fails at once."""
     out, ckdir = Path(out_dir), checkpoint_dir(cfg, Path(out_dir))
     out.mkdir(parents=True, exist_ok=True)
@@ -118,10 +124,10 @@ def train(cfg: TrainConfig, out_dir: str | Path) -> dict[str, Any]:
             locks.enter_context(DirectoryLock(out, "out_dir", "training run"))
             if not ckdir.resolve().is_relative_to(out.resolve()):
                 locks.enter_context(DirectoryLock(ckdir, "checkpoint.dir", "training run"))
-        return fit(cfg, out, resolve_resume(cfg.checkpoint.resume, ckdir))
+        return fit(cfg, out, resolve_resume(cfg.checkpoint.resume, ckdir), experiment)
 
 
-def fit(cfg: TrainConfig, out: Path, ckpt_path: str | None) -> dict[str, Any]:
+def fit(cfg: TrainConfig, out: Path, ckpt_path: str | None, experiment: str = "") -> dict[str, Any]:
     quiet_known_warnings()
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
@@ -130,7 +136,7 @@ def fit(cfg: TrainConfig, out: Path, ckpt_path: str | None) -> dict[str, Any]:
     module = MoELitModule(cfg, tok, domains, [cfg.data.domains[d].expert for d in domains])
     if cfg.trainer.compile:
         module.model.compile()
-    callbacks = build_callbacks(cfg, out, module, tok)
+    callbacks = build_callbacks(cfg, out, module, tok, experiment)
     trainer = build_trainer(cfg, out, callbacks, ckpt_path)
     record_config(trainer, cfg, out)
     if ckpt_path:

@@ -69,17 +69,23 @@ def test_final_checkpoint_goes_where_checkpoint_dir_says(tmp_path):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-def test_loss_curve_title_names_the_data_of_the_run(tmp_path, monkeypatch, fake_shards):
-    titles = []
-    monkeypatch.setattr("moe_lm.eval.plots.loss_curve", lambda history, path, title: titles.append(title))
-    cfg = compose(TINY + ["data=domains", f"data.shards={fake_shards}", f"prepare.out={fake_shards}", "data.seq_len=16",
-                          "trainer.max_steps=2", f"out_dir={tmp_path}/run", f"prepare.tokenizer={tmp_path}/tok.json"])
+def test_loss_curve_covers_the_whole_run_across_a_resume_with_val_per_domain(tmp_path, monkeypatch, fake_shards):
+    calls = []
+    monkeypatch.setattr("moe_lm.eval.plots.loss_curve", lambda train, val, path, title: calls.append((train, val, title)))
     from moe_lm.data.shards import DomainDataModule
     from moe_lm.training import run
 
     monkeypatch.setattr(run, "build_data", lambda cfg, out: (None, DomainDataModule(cfg.data, cfg.seed)))  # no tokenizer
-    train(cfg, cfg.out_dir)
-    assert titles == ["moe_tiny on domains (math, code, science, legal, chat, web)"]
+    common = TINY + ["data=domains", f"data.shards={fake_shards}", f"prepare.out={fake_shards}", "data.seq_len=16",
+                     "trainer.val_check_interval=2", "data.val_batches_per_domain=1", f"out_dir={tmp_path}/run",
+                     "checkpoint.resume=auto"]
+    train(compose(common + ["trainer.max_steps=2"]), tmp_path / "run", "my_experiment")
+    train(compose(common + ["trainer.max_steps=4"]), tmp_path / "run", "my_experiment")  # resumed at step 2
+    history, val, title = calls[-1]
+    assert title == "my_experiment: moe_tiny on domains (math, code, science, legal, chat, web)"
+    assert [s for s, _ in history] == [1, 2, 3, 4]  # the steps before the resume too
+    assert set(val) == {"val/loss"} | {f"val/loss/{d}" for d in ("math", "code", "science", "legal", "chat", "web")}
+    assert [s for s, _ in val["val/loss/math"]] == [2, 4]
 
 
 EXPERIMENTS = sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml"))
@@ -106,11 +112,24 @@ def test_wandb_logger_runs_offline(tmp_path, monkeypatch):
     assert list((tmp_path / "wandb").glob("offline-run-*"))
 
 
-def test_progress_bar_counts_optimizer_steps():
-    from types import SimpleNamespace
-
+def test_progress_bar_counts_and_titles_optimizer_steps(tmp_path, monkeypatch):
+    from moe_lm.training import run
     from moe_lm.training.callbacks import StepProgressBar
 
-    bar = StepProgressBar(leave=True)
-    bar._trainer = SimpleNamespace(global_step=300, max_steps=800)
-    assert bar._get_train_description(3).strip() == "Epoch 3, step 300/800"
+    bars = []
+    seen = []
+
+    class Watch(StepProgressBar):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+            task = self.progress.tasks[self.train_progress_bar_id]
+            seen.append((task.description.strip(), task.completed, task.total))
+
+    bars.append(Watch(leave=True))
+    cfg = compose(TINY + ["trainer.max_steps=4", "trainer.accumulate_grad_batches=2", f"out_dir={tmp_path}",
+                          "trainer.progress_bar=true"])
+    monkeypatch.setattr(run, "StepProgressBar", lambda leave: bars[0])  # the run's own bar is the watched one
+    train(cfg, tmp_path)
+    assert len(seen) == 8  # one entry per micro-batch
+    assert seen[-1] == ("step 4/4", 4, 4)  # the title follows the optimizer step, not the epoch start
+    assert [s[0] for s in seen[:2]] == ["step 0/4", "step 1/4"]  # after micro-batch 1, then 2 (the first step)
