@@ -48,14 +48,21 @@ def loss_curve(train: list[tuple[int, float]], val: dict[str, list[tuple[int, fl
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import FuncFormatter
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.plot(*zip(*train), color="0.55", linewidth=0.8, label="train")
     for key, points in sorted(val.items()):
-        name = key.removeprefix("val/loss").lstrip("/") or "all domains"
-        ax.plot(*zip(*points), marker="o", markersize=3, linewidth=1.2 if name != "all domains" else 2.2,
-                color="black" if name == "all domains" else None, label=f"val {name}")
+        overall = key == "val/loss"
+        label = ("val (all domains)" if len(val) > 1 else "val") if overall else f"val {key.split('/')[-1]}"
+        ax.plot(*zip(*points), marker="o", markersize=3, linewidth=2.2 if overall else 1.2,
+                color="black" if overall else None, label=label)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")  # 7.2, not 7.2 x 10^0
+    ax.xaxis.set_major_formatter(plain)
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)  # a loss range is often less than a decade: label the minor ticks too
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy (nats/token)")
     ax.set_title(title)
