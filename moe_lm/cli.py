@@ -26,7 +26,8 @@ from moe_lm.inference.checkpoint import CheckpointError
 DEBUG_VAR = "MOE_LM_DEBUG"
 # The primary config (conf/<name>.yaml) each command composes.
 COMMAND_CONFIG = {"train": "config", "params": "config", "tokenizer": "config", "prepare": "config",
-                  "generate": "generate", "inspect": "inspect", "report": "report"}
+                  "generate": "generate", "inspect": "inspect", "report": "report", "plan": "plan",
+                  "scaling": "scaling"}
 
 
 def conf_dir() -> Path:

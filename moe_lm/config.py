@@ -506,9 +506,52 @@ class ReportConfig:
         _check(bool(self.dir), "dir", "required: the sweep directory, e.g. dir=multirun/2026-01-01/12-00-00")
 
 
+@dataclass
+class PlanConfig:
+    """`python -m moe_lm.plan`: conf/plan.yaml. What a compute budget buys (moe_lm/eval/compute_plan.py)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)  # the family the size ladder scales
+    gpu: str = "T4"  # a device of moe_lm.model.counting.PEAK_FLOPS, or cpu
+    hours: float = 10.0
+    mfu: Optional[float] = None  # null: 0.35 on a GPU, 0.23 on cpu (measured by experiments/bench_train_step.py)
+    flops: Optional[float] = None  # a budget in FLOPs instead of gpu x hours x mfu
+    flops_per_s: Optional[float] = None  # the device's peak, instead of the table's
+    tokens_per_param: float = 20.0  # compute-optimal tokens per active parameter (Chinchilla: ~20)
+    batch_size: int = 16
+    seq_len: int = 1024
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        from_flops = self.flops is not None
+        _check(not from_flops or self.flops > 0, "flops", "must be > 0")
+        _check(from_flops or self.hours > 0, "hours", "must be > 0")
+        _check(self.mfu is None or 0 < self.mfu <= 1, "mfu", "must be in (0, 1]")
+        _check(self.tokens_per_param > 0, "tokens_per_param", "must be > 0")
+        _check(self.batch_size > 0 and self.seq_len > 0, "batch_size", "batch_size and seq_len must be > 0")
+
+
+@dataclass
+class ScalingConfig:
+    """`python -m moe_lm.scaling`: conf/scaling.yaml. A scaling law fitted to a sweep (moe_lm/eval/scaling_law.py)."""
+
+    dir: str = ""  # a sweep directory holding one result.json per finished run
+    params: str = "active"  # N = active parameters per token, or total
+    loss: str = "val/loss"  # the result.json key fitted
+    budget: Optional[float] = None  # FLOPs: print the law's compute-optimal N and D for it
+    predict: List[float] = field(default_factory=list)  # N (with D = tokens_per_param * N) to predict the loss of
+    tokens_per_param: Optional[float] = None  # null: the sweep's own (median) tokens per parameter
+    bootstrap: int = 200  # resamples for the exponents' 95% intervals
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(bool(self.dir), "dir", "required: the sweep directory, e.g. dir=runs/scaling_ladder")
+        _one_of(self.params, "params", ("active", "total"))
+        _check(self.bootstrap >= 0, "bootstrap", "must be >= 0")
+
+
 # The primary config of each command, and the schemas the `data` group's YAMLs name in their defaults.
 SCHEMAS = {"train_schema": TrainConfig, "generate_schema": GenerateConfig, "inspect_schema": InspectConfig,
-           "report_schema": ReportConfig}
+           "report_schema": ReportConfig, "plan_schema": PlanConfig, "scaling_schema": ScalingConfig}
 DATA_SCHEMAS = {"lines_schema": LinesDataConfig, "domains_schema": DomainsDataConfig}
 
 

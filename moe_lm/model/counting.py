@@ -9,6 +9,17 @@ from torch import nn
 from moe_lm.config import ModelConfig
 
 
+# Dense bf16 tensor-core peak FLOP/s per device (the name is matched as a substring of the CUDA device name),
+# and memory in GiB: shared by the MFU meter (training/callbacks.py) and the compute planner (eval/compute_plan.py).
+PEAK_FLOPS = {
+    "H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10G": 70e12,
+    "A10": 125e12, "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12, "T4": 65e12,
+}
+DEVICE_MEMORY_GIB = {"H200": 141, "H100": 80, "A100": 40, "L40S": 48, "L4": 24, "A10G": 24, "A10": 24,
+                     "RTX 4090": 24, "RTX 3090": 24, "V100": 16, "T4": 16}
+CPU_PEAK_FLOPS = 1e12  # nominal; set trainer.peak_flops (or plan's flops_per_s) for your machine
+UNKNOWN_GPU_PEAK_FLOPS = 312e12
+
 def param_breakdown(model: nn.Module, cfg: ModelConfig) -> "OrderedDict[str, int]":
     """Parameter counts by part. Routed experts are reported one by one, summed over layers."""
     parts: "OrderedDict[str, int]" = OrderedDict(

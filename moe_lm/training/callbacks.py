@@ -12,16 +12,9 @@ import torch
 from lightning.pytorch.callbacks import RichProgressBar
 
 from moe_lm.data.text_lines import IGNORE_INDEX
+from moe_lm.model.counting import CPU_PEAK_FLOPS, PEAK_FLOPS, UNKNOWN_GPU_PEAK_FLOPS
 
 # Dense bf16/fp16 tensor-core peak FLOP/s per device (no sparsity), from vendor data sheets.
-PEAK_FLOPS = {
-    "H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10G": 70e12,
-    "A10": 125e12, "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12, "T4": 65e12,
-}
-CPU_PEAK_FLOPS = 1e12  # nominal; set trainer.peak_flops for your machine
-UNKNOWN_GPU_PEAK_FLOPS = 312e12
-
-
 def device_peak_flops(device: torch.device, override: Optional[float] = None) -> float:
     if override:
         return override

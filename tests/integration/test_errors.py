@@ -50,6 +50,8 @@ CASES = [  # command, arguments ({t} = the files fixture's directory), what the 
     ("prepare", [], "data: prepare needs the multi-domain data group"),
     ("tokenizer", [], "data"),
     ("tokenizer", ["tokenizer.vocab_size=-5"], "tokenizer.vocab_size: must be >= 512"),
+    ("plan", ["gpu=K80"], "gpu: unknown device 'K80'"),
+    ("plan", ["mfu=2"], "mfu: must be in (0, 1]"),
 ]
 
 

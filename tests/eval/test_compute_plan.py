@@ -1,0 +1,46 @@
+"""The compute planner: the budget, the compute-optimal point, and a ladder of real model sizes around it."""
+
+import math
+
+import pytest
+
+from moe_lm.cli import compose
+from moe_lm.config import ConfigError
+from moe_lm.eval.compute_plan import plan, plan_table, scaled_model
+from moe_lm.model.counting import PEAK_FLOPS
+
+
+def test_budget_and_compute_optimal_point():
+    cfg = compose(["gpu=T4", "hours=10", "mfu=0.4"], "plan")
+    p = plan(cfg)
+    assert p["budget_flops"] == pytest.approx(PEAK_FLOPS["T4"] * 0.4 * 10 * 3600)
+    assert 6 * p["n_opt"] * p["d_opt"] == pytest.approx(p["budget_flops"])  # C = 6 N D
+    assert p["d_opt"] == pytest.approx(20 * p["n_opt"])
+    actives = [r["active"] for r in p["rows"]]
+    assert actives == sorted(actives) and len(actives) == 7
+    best = next(r for r in p["rows"] if r["d_model"] == p["best_d_model"])
+    assert all(abs(math.log(best["active"] / p["n_opt"])) <= abs(math.log(a / p["n_opt"])) for a in actives)
+    for r in p["rows"]:  # each size's hours are its compute-optimal tokens' FLOPs on the device
+        assert r["tokens"] == pytest.approx(20 * r["active"])
+        assert r["hours"] == pytest.approx(r["flops"] / (PEAK_FLOPS["T4"] * 0.4) / 3600)
+    table = plan_table(cfg, p)
+    assert "**<-**" in table and "(> 16 GiB)" in table  # the T4's memory limit is checked
+
+
+def test_a_flops_budget_and_a_bigger_one_moves_the_optimum_up():
+    small = plan(compose(["flops=1e18"], "plan"))
+    big = plan(compose(["flops=1e20"], "plan"))
+    assert big["n_opt"] == pytest.approx(10 * small["n_opt"])  # N_opt ~ sqrt(C)
+    assert big["best_d_model"] > small["best_d_model"]
+
+
+def test_the_ladder_keeps_the_family_shape():
+    base = compose([], "plan").model
+    wide = scaled_model(base, 1024)
+    assert (wide.n_heads, wide.n_layers, wide.n_routed_experts, wide.top_k) == (16, 24, 5, 2)
+    assert wide.moe_intermediate_size == 2 * base.moe_intermediate_size and wide.qk_nope_head_dim == 64
+
+
+def test_unknown_device_is_named():
+    with pytest.raises(ConfigError, match=r"gpu: unknown device 'K80'"):
+        plan(compose(["gpu=K80"], "plan"))

@@ -1,0 +1,38 @@
+"""The scaling-law fitter recovers a law it did not see, from points generated from it."""
+
+import math
+
+import pytest
+
+from moe_lm.eval.scaling_law import Law, fit
+
+CHINCHILLA = Law(E=1.69, A=406.4, alpha=0.34, B=410.7, beta=0.28)  # Hoffmann et al. 2022, approach 3
+
+
+def test_two_variable_fit_recovers_known_exponents_within_5_percent():
+    ns = [10 ** (6 + 0.5 * i) for i in range(6)]
+    ds = [10 ** (8 + 0.5 * j) for j in range(6)]
+    points = [(n, d, CHINCHILLA.loss(n, d) * (1 + 0.002 * math.sin(7 * i))) for i, (n, d) in
+              enumerate((n, d) for n in ns for d in ds)]  # with a little deterministic "noise"
+    law = fit([p[0] for p in points], [p[2] for p in points], [p[1] for p in points])
+    assert law.alpha == pytest.approx(0.34, rel=0.05) and law.beta == pytest.approx(0.28, rel=0.05)
+    assert law.E == pytest.approx(1.69, rel=0.05)
+    n_opt, d_opt = law.optimum(1e21)
+    true_n, true_d = CHINCHILLA.optimum(1e21)
+    assert 6 * n_opt * d_opt == pytest.approx(1e21)
+    assert n_opt == pytest.approx(true_n, rel=0.25)  # the optimum is sensitive; the exponents are the test
+
+
+def test_one_variable_fit_and_bootstrap_intervals_cover_the_truth():
+    truth = Law(E=2.0, A=50.0, alpha=0.3)
+    ns = [10 ** (5 + 0.4 * i) for i in range(8)]
+    losses = [truth.loss(n) * (1 + 0.003 * (-1) ** i) for i, n in enumerate(ns)]
+    law = fit(ns, losses, bootstrap=50)
+    assert law.alpha == pytest.approx(0.3, rel=0.05) and law.B == 0.0
+    lo, hi = law.intervals["alpha"]
+    assert lo <= law.alpha <= hi and hi - lo < 0.2
+
+
+def test_too_few_runs_is_an_error():
+    with pytest.raises(ValueError, match="3 runs are too few to fit a two-variable law"):
+        fit([1e6, 1e7, 1e8], [3.0, 2.5, 2.2], [1e8, 1e9, 1e10])
