@@ -549,9 +549,56 @@ class ScalingConfig:
         _check(self.bootstrap >= 0, "bootstrap", "must be >= 0")
 
 
+@dataclass
+class EvalDataConfig:
+    """What `moe_lm.evaluate` reads."""
+
+    local_root: str = ""  # task=lm: a directory laid out like paths.data_root (conf/data/domains.yaml's files)
+    domains: List[str] = field(default_factory=list)  # task=lm: empty = every domain with a file there
+    max_documents: int = 0  # task=lm: per domain, 0 = all
+    file: str = ""  # task=gsm8k: the questions (gsm8k JSONL: question, answer)
+    shots_file: str = ""  # task=gsm8k: the k-shot examples, from another split than `file`
+
+
+@dataclass
+class EvaluateConfig:
+    """`python -m moe_lm.evaluate`: conf/evaluate.yaml (moe_lm/eval/heldout.py, moe_lm/eval/gsm8k.py)."""
+
+    ckpt: str = ""
+    task: str = "lm"  # lm: loss, perplexity, bits per byte and routing per domain | gsm8k: exact match
+    data: EvalDataConfig = field(default_factory=EvalDataConfig)
+    context: int = 0  # window length, 0 = the model's max_seq_len
+    stride: int = 0  # tokens between window starts, 0 = context / 2 (every token keeps >= half a window of context)
+    batch_size: int = 8
+    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    device: str = "cpu"
+    shots: int = 8  # gsm8k: examples in the prompt
+    max_new_tokens: int = 256  # gsm8k
+    limit: int = 0  # gsm8k: questions, 0 = all
+    out: str = ""  # where eval.json & co go; empty = <run dir>/eval beside the checkpoint's checkpoints/
+
+    def __post_init__(self) -> None:
+        _check(bool(self.ckpt), "ckpt", "required, e.g. ckpt=runs/overfit_100_lines/checkpoints/final.ckpt")
+        _one_of(self.task, "task", ("lm", "gsm8k"))
+        _one_of(self.precision, "precision", ("fp32", "bf16"))
+        _check(self.context >= 0 and self.stride >= 0, "stride", "context and stride must be >= 0")
+        _check(not self.context or not self.stride or self.stride <= self.context, "stride",
+               f"must be <= context ({self.context})")
+        _check(self.batch_size > 0, "batch_size", "must be > 0")
+        _check(self.shots >= 0 and self.max_new_tokens > 0 and self.limit >= 0, "shots",
+               "shots and limit must be >= 0, max_new_tokens > 0")
+        _check(self.data.max_documents >= 0, "data.max_documents", "must be >= 0")
+        _check(self.task != "lm" or bool(self.data.local_root), "data.local_root",
+               "required for task=lm: a directory laid out like paths.data_root")
+        _check(self.task != "gsm8k" or bool(self.data.file), "data.file", "required for task=gsm8k: a gsm8k JSONL")
+        _check(self.task != "gsm8k" or not self.shots or bool(self.data.shots_file), "data.shots_file",
+               f"required for {self.shots}-shot prompting (or shots=0)")
+
+
 # The primary config of each command, and the schemas the `data` group's YAMLs name in their defaults.
 SCHEMAS = {"train_schema": TrainConfig, "generate_schema": GenerateConfig, "inspect_schema": InspectConfig,
-           "report_schema": ReportConfig, "plan_schema": PlanConfig, "scaling_schema": ScalingConfig}
+           "report_schema": ReportConfig, "plan_schema": PlanConfig, "scaling_schema": ScalingConfig,
+           "evaluate_schema": EvaluateConfig}
 DATA_SCHEMAS = {"lines_schema": LinesDataConfig, "domains_schema": DomainsDataConfig}
 
 

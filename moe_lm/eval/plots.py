@@ -9,15 +9,17 @@ import torch
 
 
 def routing_heatmap(frac: torch.Tensor, domains: list[str], out_dir: str, step: int,
-                    experts: Optional[Sequence[Optional[int]]] = None) -> Path:
-    """frac: (domains, experts) share of each domain's token slots per expert -> PNG path. `experts[d]`, the
-    expert mapped to domain d (or None), is outlined in its row."""
+                    experts: Optional[Sequence[Optional[int]]] = None, path: Optional[Path] = None,
+                    title: Optional[str] = None) -> Path:
+    """frac: (domains, experts) share of each domain's token slots per expert -> PNG path (default
+    `<out_dir>/routing/heatmap_step<step>.png`). `experts[d]`, the expert mapped to domain d (or None), is
+    outlined in its row."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    path = Path(out_dir) / "routing" / f"heatmap_step{step:07d}.png"
+    path = path or Path(out_dir) / "routing" / f"heatmap_step{step:07d}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(1.2 + 0.9 * frac.shape[1], 1.0 + 0.5 * len(domains)))
     im = ax.imshow(frac.numpy(), cmap="viridis", vmin=0.0, vmax=max(0.5, float(frac.max())))
@@ -31,7 +33,7 @@ def routing_heatmap(frac: torch.Tensor, domains: list[str], out_dir: str, step: 
     for i in range(frac.shape[0]):
         for e in range(frac.shape[1]):
             ax.text(e, i, f"{float(frac[i, e]):.2f}", ha="center", va="center", color="w", fontsize=8)
-    ax.set_title(f"share of each domain's tokens per expert (step {step})")
+    ax.set_title(title or f"share of each domain's tokens per expert (step {step})")
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

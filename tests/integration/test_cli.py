@@ -9,7 +9,7 @@ import pytest
 
 from moe_lm.cli import COMMAND_CONFIG, compose, split_text_args
 
-COMMANDS = ["train", "generate", "inspect", "params", "tokenizer", "prepare", "report", "plan"]
+COMMANDS = ["train", "generate", "inspect", "params", "tokenizer", "prepare", "report", "plan", "scaling", "evaluate"]
 TWO_LINES = ("the quick brown fox jumps over the lazy dog while seven wizards quietly juggle boxes.\n"
              "Question: pack my box with five dozen liquor jugs, then sphinx of black quartz judge my vow.\n")
 
@@ -20,7 +20,8 @@ def run(module: str, *args: str, **kw) -> subprocess.CompletedProcess:
 
 HELP_SHOWS = {  # a key with its default that each command's --help must list
     "train": "max_steps: 1000", "generate": "max_new_tokens: 128", "inspect": "top: 5", "params": "n_layers: 12",
-    "tokenizer": "vocab_size: 32000", "prepare": "val_fraction: 0.01", "report": "dir: ''", "plan": "hours: 10.0"}
+    "tokenizer": "vocab_size: 32000", "prepare": "val_fraction: 0.01", "report": "dir: ''", "plan": "hours: 10.0",
+    "scaling": "bootstrap: 200", "evaluate": "stride: 0"}
 
 
 @pytest.mark.parametrize("command", COMMANDS)

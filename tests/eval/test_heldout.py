@@ -1,0 +1,128 @@
+"""`moe_lm.evaluate`: sliding-window scoring that predicts every token once, bits per byte from the evaluated text's
+UTF-8 bytes, routing per domain, GSM8K exact match, and named errors for bad input."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from moe_lm.cli import compose
+from moe_lm.eval.gsm8k import extract, normalise, wilson
+from moe_lm.eval.heldout import score_stream, windows
+from moe_lm.evaluate import cli
+from moe_lm.model import MoETransformer
+
+
+@pytest.mark.parametrize("n,context,stride", [(2, 8, 4), (10, 4, 2), (37, 8, 3), (64, 16, 16), (5, 16, 8), (9, 2, 1)])
+def test_every_target_is_scored_exactly_once(n, context, stride):
+    scored = []
+    for begin, end, first in windows(n, context, stride):
+        assert end - begin <= context and begin < first <= end
+        scored += range(first, end)
+        if first > begin + 1:  # after the first window, every scored token sees >= context - stride tokens
+            assert first - begin >= min(context - stride, first)
+    assert scored == list(range(1, n))
+
+
+def test_sliding_windows_equal_the_full_forward_when_one_window_fits(make_model_cfg):
+    torch.manual_seed(0)
+    model = MoETransformer(make_model_cfg(max_seq_len=64)).eval()
+    ids = torch.randint(0, model.cfg.vocab_size, (40,)).tolist()
+    with torch.no_grad():
+        logits = model(torch.tensor([ids[:-1]])).logits[0]
+    full = float(torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:]), reduction="sum"))
+    one = score_stream(model, ids, context=64, stride=32, batch_size=4)
+    assert one["tokens"] == 39 and one["nll"] == pytest.approx(full, rel=1e-5)
+    slid = score_stream(model, ids, context=16, stride=8, batch_size=3)
+    assert slid["tokens"] == 39 and slid["nll"] != pytest.approx(full, rel=1e-6)  # less context, other losses
+    assert int(one["counts"].sum()) == 39 * model.cfg.top_k * len(model.moe_layers())  # scored tokens routed once
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    from moe_lm.training.run import train
+
+    tmp = tmp_path_factory.mktemp("evalckpt")
+    (tmp / "lines.txt").write_text("Question: what is 2 plus 2?\nAnswer: 4 #### 4\nthe quick brown fox.\n")
+    cfg = compose(["+experiment=overfit_100_lines", "model=moe_tiny", "model.vocab_size=1024", "precision=fp32",
+                   f"data.path={tmp / 'lines.txt'}", "data.sampling=lines", "trainer.max_steps=2",
+                   "eval.reproduce_lines=0", "trainer.progress_bar=false", "logger.csv=false", f"out_dir={tmp}/run"])
+    train(cfg, cfg.out_dir)
+    return tmp / "run" / "checkpoints" / "final.ckpt"
+
+
+def test_evaluate_reports_bits_per_byte_of_the_exact_text_and_routing(tiny_ckpt, shared_data, tmp_path):
+    cli([f"ckpt={tiny_ckpt}", f"data.local_root={shared_data}", "data.domains=[math,chat]", "data.max_documents=2",
+         "context=64", f"out={tmp_path}"])
+    report = json.loads((tmp_path / "eval.json").read_text())
+    math_row = report["domains"][0]
+    from moe_lm.data.formatters import gsm8k
+
+    lines = (shared_data / "math" / "gsm8k.train.jsonl").read_text(encoding="utf-8").splitlines()[:2]
+    text_bytes = sum(len(gsm8k(json.loads(ln)).encode("utf-8")) for ln in lines)  # gsm8k is the first math source
+    assert math_row["domain"] == "math" and math_row["documents"] == 2 and math_row["bytes"] == text_bytes
+    assert math_row["bpb"] == pytest.approx(math_row["nll_nats"] / math.log(2) / text_bytes)
+    assert math_row["ppl"] == pytest.approx(math.exp(math_row["loss"]))
+    assert report["overall"]["tokens"] == sum(r["tokens"] for r in report["domains"])
+    assert len(report["routing"]["shares"]) == 2 and "own_share" in report["routing"]["specialisation"]
+    assert (tmp_path / "routing_heatmap.png").stat().st_size > 1000 and "| math | 2 |" in (tmp_path / "eval.md").read_text()
+
+
+def test_bad_input_is_named_or_counted(tiny_ckpt, tmp_path, capsys):
+    def error(*args):
+        with pytest.raises(SystemExit) as done:
+            cli([f"ckpt={tiny_ckpt}", f"out={tmp_path}/out", *args])
+        assert done.value.code == 2
+        return capsys.readouterr().err
+
+    (tmp_path / "nothing").mkdir()
+    assert "error: data.local_root: no known file under" in error(f"data.local_root={tmp_path}/nothing")
+    root = tmp_path / "data"
+    (root / "math").mkdir(parents=True)
+    (root / "math" / "gsm8k.train.jsonl").write_text("")  # empty
+    (root / "chat").mkdir()
+    (root / "chat" / "oasst1.train.jsonl").write_text('{"message_id": "a"\n[1, 2]\n')  # malformed records
+    cli([f"ckpt={tiny_ckpt}", f"data.local_root={root}", f"out={tmp_path}/out"])
+    rows = {r["domain"]: r for r in json.loads((tmp_path / "out" / "eval.json").read_text())["domains"]}
+    assert rows["math"]["documents"] == 0 and rows["math"]["tokens"] == 0
+    assert rows["chat"]["skipped"] == {"bad JSON": 1, "record is not a JSON object": 1}
+    ckpt = torch.load(tiny_ckpt, weights_only=True)
+    del ckpt["tokenizer_json"]
+    torch.save(ckpt, tmp_path / "notok.ckpt")
+    with pytest.raises(SystemExit):
+        cli([f"ckpt={tmp_path / 'notok.ckpt'}", f"data.local_root={root}"])
+    assert "error: ckpt: " in capsys.readouterr().err
+    assert "error: data.local_root: required for task=lm" in error()
+    assert "error: context: 4096 must be in [2, 256]" in error(f"data.local_root={root}", "context=4096")
+
+
+def test_gsm8k_answer_extraction_and_interval():
+    assert normalise("1,234.50") == "1234.5" and normalise("$-3") == "-3" and normalise("+7.0") == "7"
+    assert normalise("-0") == "0" and normalise("12.") == "12"
+    assert extract("so 3 + 4 = 7 apples.\n#### 7") == ("7", "####")
+    assert extract("They pay $1,200.00 in total") == ("1200", "last number")
+    assert extract("no idea") == (None, "none")
+    lo, hi = wilson(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-3)
+    lo, hi = wilson(50, 100)
+    assert (lo, hi) == (pytest.approx(0.4038, abs=1e-3), pytest.approx(0.5962, abs=1e-3))
+
+
+def test_gsm8k_task_end_to_end_on_hand_made_records(tiny_ckpt, tmp_path, capsys):
+    records = [{"question": "Tom has 3 apples\u2028and buys 4 more. How many?", "answer": "3 + 4 = <<3+4=7>>7\n#### 7"},
+               {"question": "What is 10\u2029times 2?", "answer": "#### 20"},
+               {"question": "Half of 1,000?", "answer": "#### 500"}]
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + '{"question": 1}\n')
+    (tmp_path / "train.jsonl").write_text(json.dumps({"question": "1 + 1?", "answer": "#### 2"}) + "\n")
+    cli([f"ckpt={tiny_ckpt}", "task=gsm8k", f"data.file={tmp_path}/test.jsonl", f"data.shots_file={tmp_path}/train.jsonl",
+         "shots=1", "max_new_tokens=6", f"out={tmp_path}/out"])
+    report = json.loads((tmp_path / "out" / "eval.json").read_text())
+    preds = [json.loads(ln) for ln in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    assert report["n"] == 3 and len(preds) == 3 and report["shots"] == 1
+    assert [p["reference"] for p in preds] == ["7", "20", "500"]
+    assert [p["question"] for p in preds] == [r["question"] for r in records]  # separators stay inside the field
+    assert report["skipped"] == {"missing field 'question' or 'answer'": 1}
+    lo, hi = report["ci95"]
+    assert report["accuracy"] == sum(p["correct"] for p in preds) / 3 and lo <= report["accuracy"] <= hi
+    assert "gsm8k 1-shot:" in capsys.readouterr().out
