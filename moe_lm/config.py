@@ -375,14 +375,17 @@ class CheckpointConfig:
 
 @dataclass
 class EvalConfig:
-    """Post-training checks of the overfit demo (moe_lm/eval/overfit.py)."""
+    """Post-training checks of the overfit demo (moe_lm/eval/overfit.py), and held-out evaluation at validation."""
 
     reproduce_lines: int = 0  # greedy-decode this many training lines from their prefix
     prompt_tokens: int = 8
+    heldout_root: str = ""  # a directory laid out like paths.data_root: heldout/<domain>/bpb at every validation
+    heldout_max_documents: int = 20  # per domain
 
     def __post_init__(self) -> None:
         _check(self.reproduce_lines >= 0, "eval.reproduce_lines", "must be >= 0")
         _check(self.prompt_tokens > 0, "eval.prompt_tokens", "must be > 0")
+        _check(self.heldout_max_documents > 0, "eval.heldout_max_documents", "must be > 0")
 
 
 def resources_dir() -> Path:

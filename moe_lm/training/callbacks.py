@@ -126,3 +126,38 @@ class LossCurve(L.Callback):
             from moe_lm.eval.plots import loss_curve
 
             loss_curve(self.history, self.val, self.path, self.title)
+
+class HeldoutEval(L.Callback):
+    """At every validation, the held-out text of `eval.heldout_root` scored per domain like `moe_lm.evaluate`
+    (windows of data.seq_len tokens, half a window apart): `heldout/<domain>/loss` and `heldout/<domain>/bpb`."""
+
+    def __init__(self, root: str, max_documents: int, context: int, tok) -> None:
+        from moe_lm.cli import compose
+        from moe_lm.data.bpe import eot_id
+        from moe_lm.eval.heldout import domain_documents
+
+        docs = domain_documents(compose(["data=domains"]).data, Path(root), [], max_documents)
+        eot = eot_id(tok)
+        self.streams = {n: ([t for enc in tok.encode_batch(d["documents"]) for t in [eot] + enc.ids],
+                            sum(len(x.encode("utf-8")) for x in d["documents"])) for n, d in docs.items()}
+        self.context = context
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        import math
+
+        from moe_lm.eval.heldout import score_stream
+
+        if trainer.sanity_checking:
+            return
+        model, was_training = pl_module.model, pl_module.model.training
+        model.eval()
+        metrics = {}
+        for name, (ids, n_bytes) in self.streams.items():
+            if len(ids) > 1:
+                s = score_stream(model, ids, self.context, max(1, self.context // 2), 8)
+                metrics[f"heldout/{name}/loss"] = s["nll"] / s["tokens"]
+                metrics[f"heldout/{name}/bpb"] = s["nll"] / math.log(2) / max(1, n_bytes)
+        model.train(was_training)
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})

@@ -25,7 +25,7 @@ from moe_lm.config import TrainConfig
 from moe_lm.data.files import DirectoryLock, write_json_atomic
 from moe_lm.data.pipelines import build_data
 from moe_lm.model.counting import param_breakdown, train_flops_per_token
-from moe_lm.training.callbacks import FirstBatchPrinter, LossCurve, StepProgressBar, Throughput
+from moe_lm.training.callbacks import FirstBatchPrinter, HeldoutEval, LossCurve, StepProgressBar, Throughput
 from moe_lm.training.checkpointing import AtomicCheckpointIO, RunState, SaveOnSignal, StepCheckpoint, resolve_resume
 from moe_lm.training.lit_module import MoELitModule
 from moe_lm.training.loggers import build_loggers
@@ -54,6 +54,8 @@ def build_callbacks(cfg: TrainConfig, out_dir: Path, module: MoELitModule, tok,
                        [cfg.data.domains[d].expert for d in module.domains])]
     if tok is not None:
         callbacks.append(FirstBatchPrinter(tok))
+    if cfg.eval.heldout_root and tok is not None:
+        callbacks.append(HeldoutEval(cfg.eval.heldout_root, cfg.eval.heldout_max_documents, cfg.data.seq_len, tok))
     if ck.every_n_steps:
         callbacks.append(StepCheckpoint(dirpath=str(ckdir), filename="step{step:07d}", auto_insert_metric_name=False,
                                         every_n_train_steps=ck.every_n_steps, save_top_k=-1, save_last=True))
@@ -174,5 +176,6 @@ def summary(cfg: TrainConfig, trainer: L.Trainer, module: MoELitModule, wall: fl
         "step_time_s": round(wall / max(1, trainer.global_step), 4)}
     if curve.history:
         result["final_train_loss"] = curve.history[-1][1]
-    result.update({k: round(float(v), 4) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "spec/"))})
+    result.update({k: round(float(v), 4) for k, v in trainer.callback_metrics.items()
+                   if k.startswith(("val/", "spec/", "heldout/"))})
     return result

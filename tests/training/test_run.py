@@ -133,3 +133,20 @@ def test_progress_bar_counts_and_titles_optimizer_steps(tmp_path, monkeypatch):
     assert len(seen) == 8  # one entry per micro-batch
     assert seen[-1] == ("step 4/4", 4, 4)  # the title follows the optimizer step, not the epoch start
     assert [s[0] for s in seen[:2]] == ["step 0/4", "step 1/4"]  # after micro-batch 1, then 2 (the first step)
+
+
+def test_heldout_text_is_evaluated_at_every_validation(tmp_path):
+    import csv
+    import json
+
+    root = tmp_path / "heldout"
+    (root / "math").mkdir(parents=True)
+    rows = [{"question": f"What is {i} plus {i}?", "answer": f"{i} + {i} = {2 * i}\n#### {2 * i}"} for i in range(3)]
+    (root / "math" / "gsm8k.train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = compose(TINY + ["+experiment=overfit_100_lines", "trainer.max_steps=2", "trainer.val_check_interval=1",
+                          f"eval.heldout_root={root}", "data.seq_len=32", "logger.csv=true", f"out_dir={tmp_path}/run"])
+    result = train(cfg, tmp_path / "run")
+    assert 0 < result["heldout/math/bpb"] < 20 and "heldout/code/bpb" not in result  # only domains with a file
+    with open(tmp_path / "run" / "csv" / "metrics.csv", newline="") as f:
+        logged = [int(r["step"]) for r in csv.DictReader(f) if r.get("heldout/math/bpb")]
+    assert logged == [1, 2]  # at each validation
