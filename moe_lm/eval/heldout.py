@@ -56,6 +56,14 @@ def domain_documents(registry: DomainsDataConfig, root: Path, names: list[str],
     return found
 
 
+def token_stream(tok, documents: list[str]) -> list[int]:
+    """`<|endoftext|> doc <|endoftext|> doc ...`, as the training shards hold them."""
+    from moe_lm.data.bpe import eot_id
+
+    eot = eot_id(tok)
+    return [t for enc in tok.encode_batch(documents) for t in [eot] + enc.ids] if documents else []
+
+
 def windows(n: int, context: int, stride: int) -> Iterator[tuple[int, int, int]]:
     """(begin, end, first scored target position) of each window over a stream of n tokens (context >= 2).
 
@@ -119,11 +127,7 @@ def evaluate_domains(model: MoETransformer, tok, docs: dict[str, dict[str, Any]]
     """Per-domain results, and the (L, D, E) routed-slot and top-1 counts (None for a dense model)."""
     from rich.progress import Progress
 
-    from moe_lm.data.bpe import eot_id
-
-    eot = eot_id(tok)
-    streams = {name: [t for enc in tok.encode_batch(d["documents"]) for t in [eot] + enc.ids] if d["documents"]
-               else [] for name, d in docs.items()}
+    streams = {name: token_stream(tok, d["documents"]) for name, d in docs.items()}
     results, counts, top1 = [], [], []
     total = sum(len(list(windows(len(s), context, stride))) for s in streams.values() if len(s) > 1)
     with Progress() as bar:

@@ -133,13 +133,11 @@ class HeldoutEval(L.Callback):
 
     def __init__(self, root: str, max_documents: int, context: int, tok) -> None:
         from moe_lm.cli import compose
-        from moe_lm.data.bpe import eot_id
-        from moe_lm.eval.heldout import domain_documents
+        from moe_lm.eval.heldout import domain_documents, token_stream
 
         docs = domain_documents(compose(["data=domains"]).data, Path(root), [], max_documents)
-        eot = eot_id(tok)
-        self.streams = {n: ([t for enc in tok.encode_batch(d["documents"]) for t in [eot] + enc.ids],
-                            sum(len(x.encode("utf-8")) for x in d["documents"])) for n, d in docs.items()}
+        self.streams = {n: (token_stream(tok, d["documents"]), sum(len(x.encode("utf-8")) for x in d["documents"]))
+                        for n, d in docs.items()}
         self.context = context
 
     def on_validation_end(self, trainer, pl_module) -> None:
