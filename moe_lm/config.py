@@ -296,7 +296,8 @@ class TrainerConfig:
     devices: str = "auto"
     num_nodes: int = 1
     strategy: str = "auto"
-    gradient_checkpointing: bool = False  # recompute each block's activations in backward: less memory, one more forward pass per step
+    # recompute each block's activations in the backward pass: less memory, one more forward pass per step
+    gradient_checkpointing: bool = False
     log_every_n_steps: int = 10
     val_check_interval: Optional[int] = None  # in optimizer steps; null = no validation loop
     limit_val_batches: int = 8

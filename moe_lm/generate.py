@@ -15,7 +15,8 @@ from moe_lm.cli import read_prompt, run_command
 from moe_lm.config import GenerateConfig, SamplingConfig
 
 
-EXAMPLE = 'python -m moe_lm.generate ckpt=runs/overfit_100_lines/checkpoints/final.ckpt prompt="Question: what is 2+2?" temperature=0'
+EXAMPLE = ('python -m moe_lm.generate ckpt=runs/overfit_100_lines/checkpoints/final.ckpt '
+           'prompt="Question: what is 2+2?" temperature=0')
 
 
 def main(cfg: GenerateConfig) -> None:

@@ -15,7 +15,8 @@ from moe_lm.cli import run_command
 from moe_lm.config import ConfigError, DomainsDataConfig, TrainConfig
 
 
-EXAMPLE = 'python -m moe_lm.tokenizer data=domains data.source=local paths.data_root=../shared/data tokenizer.vocab_size=8192'
+EXAMPLE = ("python -m moe_lm.tokenizer data=domains data.source=local paths.data_root=../shared/data "
+           "tokenizer.vocab_size=8192")
 
 
 def main(cfg: TrainConfig) -> None:

@@ -121,7 +121,8 @@ class DomainDataModule(L.LightningDataModule):
             if not batches:  # per-domain validation of this domain would silently not happen
                 raise ConfigError(f"data.domains.{name}: its val split has {len(self.val_shards.maps[d]):,} tokens, "
                                   f"less than one window of data.seq_len + 1 = {self.plan.width}; prepare it with a "
-                                  f"larger token_budget or prepare.val_fraction, or set trainer.val_check_interval=null")
+                                  f"larger token_budget or prepare.val_fraction, or set "
+                                  f"trainer.val_check_interval=null")
             loaders.append(DataLoader(batches, batch_size=None))
         return loaders
 
@@ -133,7 +134,8 @@ class DomainDataModule(L.LightningDataModule):
         return batch
 
     def state_dict(self) -> dict[str, Any]:
-        return {"consumed": self.consumed, "seed": self.seed, "accumulate": self.accumulate, "plan": self.plan.describe()}
+        return {"consumed": self.consumed, "seed": self.seed, "accumulate": self.accumulate,
+                "plan": self.plan.describe()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume at the saved batch, refusing a state made with another seed, accumulation or batch plan (it

@@ -182,5 +182,5 @@ class TextLinesDataModule(L.LightningDataModule):
                           persistent_workers=self.cfg.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.eval_set, batch_size=self.cfg.batch_size, collate_fn=partial(collate, pad_id=self.pad_id),
-                          num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0)
+        return DataLoader(self.eval_set, batch_size=self.cfg.batch_size,
+                          collate_fn=partial(collate, pad_id=self.pad_id), num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0)

@@ -148,7 +148,8 @@ def overall(results: list[dict[str, Any]]) -> dict[str, Any]:
     nll, tokens, n_bytes = (sum(r[k] for r in results) for k in ("nll_nats", "tokens", "bytes"))
     loss = nll / max(1, tokens)
     return {"domain": "all", "documents": sum(r["documents"] for r in results), "tokens": tokens, "bytes": n_bytes,
-            "nll_nats": nll, "loss": loss, "ppl": math.exp(min(loss, 700.0)), "bpb": nll / math.log(2) / max(1, n_bytes)}
+            "nll_nats": nll, "loss": loss, "ppl": math.exp(min(loss, 700.0)),
+            "bpb": nll / math.log(2) / max(1, n_bytes)}
 
 
 def markdown(results: list[dict[str, Any]], total: dict[str, Any]) -> str:

@@ -3,8 +3,8 @@
 L(N, D) = E + A / N^alpha + B / D^beta, N parameters and D training tokens, fitted as in the Chinchilla paper's
 approach 3 (Hoffmann et al. 2022, appendix D.2): minimise the Huber loss (delta 1e-3) between
 log L and LSE(a - alpha log N, b - beta log D, e), with A = e^a, B = e^b, E = e^e, by L-BFGS from a grid of
-starting points (the best of a coarse grid), keeping the best. When only N varies (or only D), the one-variable law E + A / N^alpha is
-fitted the same way. Intervals: the 2.5 and 97.5 percentiles of the exponents refitted on bootstrap resamples
+starting points (the best of a coarse grid), keeping the best. When only N varies (or only D), the one-variable
+law E + A / N^alpha is fitted the same way. Intervals: the 2.5 and 97.5 percentiles of the exponents refitted on bootstrap resamples
 of the runs. For a budget of C FLOPs (C = 6 N D) the law's optimum is N_opt = G (C/6)^(beta/(alpha+beta)),
 D_opt = (C/6) / N_opt, with G = (alpha A / (beta B))^(1/(alpha+beta)).
 """

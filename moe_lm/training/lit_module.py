@@ -105,8 +105,9 @@ class MoELitModule(L.LightningModule):
         checked = self.step_loss if self.cfg.precision.resolved == "fp16" else self.step_loss + norm
         if not torch.isfinite(checked):
             raise NonFiniteError(
-                f"step {self.global_step + 1}: the loss ({self.step_loss.item():.4g}) or gradient norm ({norm.item():.4g}) "
-                f"is not finite; stopped before the update, so the last checkpoint holds finite weights. "
+                f"step {self.global_step + 1}: the loss ({self.step_loss.item():.4g}) or gradient norm "
+                f"({norm.item():.4g}) is not finite; stopped before the update, so the last checkpoint holds finite "
+                f"weights. "
                 f"Lower optimizer.lr (now {self.cfg.optimizer.lr:g}) or set optimizer.grad_clip")
         self.step_loss = torch.zeros_like(self.step_loss)
 
