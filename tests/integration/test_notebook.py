@@ -5,6 +5,7 @@ first checkpoint, then re-running the train cell, which must resume. Fast tier, 
 import csv
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -81,7 +82,9 @@ def test_the_colab_notebook_runs_top_to_bottom_and_resumes_after_a_disconnect(tm
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                                      resources={"metadata": {"path": str(repo_root)}})
     killed: list[int] = []
-    with client.setup_kernel():
+    # `!python` in a cell is the kernel's Python, as on Colab (not whatever `python` the test's PATH holds)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    with client.setup_kernel(env=env):
         for i, cell in enumerate(nb.cells):
             if i == train:
                 killer = threading.Thread(target=kill_after_first_checkpoint, args=(run, killed))
