@@ -41,11 +41,14 @@ def main(cfg: ScalingConfig) -> None:
         n_opt, d_opt = law.optimum(cfg.budget)
         print(f"compute-optimal for {cfg.budget:.3g} FLOPs: N = {n_opt:,.0f}, D = {d_opt:,.0f} tokens")
         result["optimum"] = {"flops": cfg.budget, "N": n_opt, "D": d_opt}
+    elif cfg.budget:
+        print("budget: no compute-optimal split from a one-variable law (N and D did not vary independently in this "
+              "sweep); add runs of one size on more or fewer tokens")
     for n in cfg.predict:
         pred = law.loss(n, ratio * n)
         print(f"predicted loss at N = {n:,.0f}, D = {ratio * n:,.0f}: {pred:.4f}")
         result["predictions"].append({"N": n, "D": ratio * n, "loss": pred})
-    scaling_plot(points, law, sweep / "scaling.png", f"scaling law: {sweep.name}",
+    scaling_plot(points, law, sweep / "scaling.png", f"scaling law: {sweep.resolve().parent.name}/{sweep.name}",
                  [(p["N"], p["D"], p["loss"]) for p in result["predictions"]])
     (sweep / "scaling.json").write_text(json.dumps(result, indent=2))
     print(f"wrote {sweep / 'scaling.png'} and {sweep / 'scaling.json'}")

@@ -154,7 +154,12 @@ def scaling_plot(points: list[tuple[float, float, float, str]], law: Law, path, 
     ax.plot(xs, [law.loss(x, ratio * x) for x in xs], label=law.describe() + (f", D = {ratio:.3g} N" if law.B else ""))
     for x, dx, y in predicted:
         ax.scatter([x], [y], marker="*", s=120, color="tab:red", zorder=4, label=f"predicted at N={x:.3g}")
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1e6:g}M" if v >= 1e6 else f"{v / 1e3:g}k"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("parameters N")
     ax.set_ylabel("loss (nats/token)")
     ax.set_title(title)
