@@ -36,3 +36,25 @@ def test_one_variable_fit_and_bootstrap_intervals_cover_the_truth():
 def test_too_few_runs_is_an_error():
     with pytest.raises(ValueError, match="3 runs are too few to fit a two-variable law"):
         fit([1e6, 1e7, 1e8], [3.0, 2.5, 2.2], [1e8, 1e9, 1e10])
+
+
+def test_the_command_fits_a_sweep_of_result_files_and_predicts(tmp_path, capsys):
+    import json
+
+    from moe_lm.scaling import cli
+
+    truth = Law(E=2.0, A=80.0, alpha=0.35)
+    for i, n in enumerate([2e5, 4e5, 8e5, 1.6e6, 3.2e6]):
+        (tmp_path / str(i)).mkdir()
+        (tmp_path / str(i) / "result.json").write_text(json.dumps(
+            {"active_params": n, "params": 1.5 * n, "tokens": 2 * n, "val/loss": truth.loss(n)}))
+    cli([f"dir={tmp_path}", "predict=[6.4e6]", "bootstrap=20"])
+    out = json.loads((tmp_path / "scaling.json").read_text())
+    assert out["law"]["alpha"] == pytest.approx(0.35, rel=0.05) and out["law"]["B"] == 0.0
+    assert out["predictions"][0]["loss"] == pytest.approx(truth.loss(6.4e6), rel=0.01)
+    assert out["predictions"][0]["D"] == pytest.approx(2 * 6.4e6)  # the sweep's tokens per parameter
+    assert (tmp_path / "scaling.png").stat().st_size > 1000 and "predicted loss at N = 6,400,000" in capsys.readouterr().out
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as done:
+        cli([f"dir={tmp_path / 'empty'}"])
+    assert done.value.code == 2 and "error: dir: no result.json below" in capsys.readouterr().err
