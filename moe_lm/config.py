@@ -60,6 +60,8 @@ class ModelConfig:
     first_k_dense: int = 0  # the first k layers use a dense MLP
     dense_intermediate_size: int = 2048
     activation: str = "silu"  # silu -> SwiGLU, gelu -> GeGLU
+    # how the routed experts run (same outputs): auto | loop | grouped_mm | bmm (moe_lm/model/moe.py)
+    moe_impl: str = "auto"
     # load balancing, each switchable
     use_aux_loss: bool = True  # switch/GShard loss over all tokens of the batch
     aux_loss_coef: float = 0.01
@@ -81,6 +83,7 @@ class ModelConfig:
         _one_of(self.attention, k + "attention", ("mla", "gqa"))
         _one_of(self.scoring, k + "scoring", ("softmax", "sigmoid"))
         _one_of(self.activation, k + "activation", ("silu", "gelu"))
+        _one_of(self.moe_impl, k + "moe_impl", ("auto", "loop", "grouped_mm", "bmm"))
         _check(self.top_k <= self.n_routed_experts, k + "top_k",
                f"top_k={self.top_k} exceeds model.n_routed_experts={self.n_routed_experts}")
         _check(self.n_shared_experts >= 0, k + "n_shared_experts", "must be >= 0")

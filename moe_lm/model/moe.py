@@ -52,35 +52,105 @@ class TopkRouter(nn.Module):
         return RouterOutput(logits, scores, topk_idx, topk_weight * self.routed_scaling_factor)
 
 
+def expert_counts(idx: torch.Tensor, n_bins: int) -> torch.Tensor:
+    """(n_bins,) int64 occurrences of each bin in idx. A comparison and a sum: a static shape, deterministic on
+    every device, and no host sync (bincount's output shape depends on the data, which breaks a compiled graph)."""
+    return (idx.reshape(-1, 1) == torch.arange(n_bins, device=idx.device)).sum(0)  # (n_bins,)
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype matmuls run in here: autocast's where it is on, else x's."""
+    kind = x.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+
+
+def grouped_mm_supported(x: torch.Tensor, widths: tuple[int, ...]) -> bool:
+    """Whether torch's grouped GEMM takes these operands: CUDA needs bf16 on sm80+; CPU runs any float dtype eagerly
+    but only bf16 under torch.compile (the tracer's shape rules take bf16 alone). Every row stride must be a
+    multiple of 16 bytes."""
+    dtype = compute_dtype(x)
+    if not hasattr(F, "grouped_mm") or not dtype.is_floating_point:
+        return False
+    if torch.compiler.is_compiling() and dtype != torch.bfloat16:
+        return False
+    if x.device.type == "cuda":
+        if dtype != torch.bfloat16 or torch.cuda.get_device_capability(x.device) < (8, 0):
+            return False
+    elif x.device.type != "cpu":
+        return False
+    return all(w * dtype.itemsize % 16 == 0 for w in widths)
+
+
 class RoutedExperts(nn.Module):
-    """E gated MLPs stored as stacked weights; tokens are grouped by expert (no loop over tokens)."""
+    """E gated MLPs stored as stacked weights. Three ways to run them (model.moe_impl), equal to fp tolerance:
+
+    - loop: tokens sorted by expert, one matmul pair per expert; the split sizes come to the host (a sync and,
+      under torch.compile, a graph break in every MoE layer);
+    - grouped_mm: the same sorted tokens through one grouped GEMM per projection, the group ends on the device:
+      no host sync (CUDA sm80+ in bf16; CPU in any float dtype, compiled in bf16 only);
+    - bmm: every expert on every token as one batched matmul, then weighted by the router (zero for the experts
+      a token did not pick): no sort, gather or sync, but E/K times the expert FLOPs;
+    - auto: grouped_mm where the device and dtype take it, else loop.
+    """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         E, I, D = cfg.n_routed_experts, cfg.moe_intermediate_size, cfg.d_model
-        self.n_experts = E
+        self.n_experts, self.impl = E, cfg.moe_impl
         self.gate_up_proj = nn.Parameter(torch.empty(E, 2 * I, D))
         self.down_proj = nn.Parameter(torch.empty(E, D, I))
         self.down_proj.is_residual_proj = True
         self.act = activation_fn(cfg.activation)
 
+    def resolved_impl(self, x: torch.Tensor) -> str:
+        widths = (self.down_proj.shape[1], self.down_proj.shape[2])  # D, I
+        if self.impl == "auto":
+            return "grouped_mm" if grouped_mm_supported(x, widths) else "loop"
+        if self.impl == "grouped_mm" and not grouped_mm_supported(x, widths):
+            raise ValueError(f"model.moe_impl: grouped_mm does not run on {x.device.type} in {compute_dtype(x)} "
+                             f"with d_model, moe_intermediate_size = {widths} (needs CUDA sm80+ in bf16 or CPU, and "
+                             f"widths of a multiple of 16 bytes); use auto, loop or bmm")
+        return self.impl
+
     def forward(self, x: torch.Tensor, topk_idx: torch.Tensor, topk_weight: torch.Tensor,
                 counts: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x: (N, D); topk_idx, topk_weight: (N, K); counts: (E,) slots per expert (computed when None)."""
+        impl = self.resolved_impl(x)
+        if impl == "bmm":
+            return self._every_expert(x, topk_idx, topk_weight)
         N, K = topk_idx.shape
-        flat_expert = topk_idx.reshape(-1)  # (N*K,)
         if counts is None:
-            counts = torch.bincount(flat_expert, minlength=self.n_experts)
-        order = flat_expert.argsort(stable=True)  # slots sorted by expert
+            counts = expert_counts(topk_idx, self.n_experts)
+        order = topk_idx.reshape(-1).argsort(stable=True)  # (N*K,): slots sorted by expert
         token_of_slot = order // K  # (N*K,): which token each sorted slot belongs to
         x_sorted = x[token_of_slot]  # (N*K, D), grouped by expert
+        y_sorted = self._grouped(x_sorted, counts) if impl == "grouped_mm" else self._loop(x_sorted, counts)
+        y_sorted = y_sorted * topk_weight.reshape(-1)[order, None].to(y_sorted.dtype)  # (N*K, D)
+        return torch.zeros_like(x).index_add_(0, token_of_slot, y_sorted.to(x.dtype))  # (N, D)
+
+    def _loop(self, x_sorted: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         # unbind once: indexing the stacked weights per expert would zero-fill a full (E, ...) grad each time
         w_gate_up, w_down = self.gate_up_proj.unbind(0), self.down_proj.unbind(0)
         outs = []
         for e, x_e in enumerate(x_sorted.split(counts.tolist())):  # loop over E experts, not tokens
             gate, up = F.linear(x_e, w_gate_up[e]).chunk(2, dim=-1)  # (n_e, I) each
             outs.append(F.linear(self.act(gate) * up, w_down[e]))  # (n_e, D)
-        y_sorted = torch.cat(outs) * topk_weight.reshape(-1)[order, None].to(x.dtype)  # (N*K, D)
-        return torch.zeros_like(x).index_add_(0, token_of_slot, y_sorted)  # (N, D)
+        return torch.cat(outs)  # (N*K, D)
+
+    def _grouped(self, x_sorted: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        dtype = compute_dtype(x_sorted)  # grouped_mm is not on autocast's list: cast as autocast would
+        offs = counts.cumsum(0).to(torch.int32)  # (E,) end of each expert's rows, on the device
+        h = F.grouped_mm(x_sorted.to(dtype), self.gate_up_proj.to(dtype).transpose(1, 2), offs=offs)  # (N*K, 2I)
+        gate, up = h.chunk(2, dim=-1)  # (N*K, I) each
+        return F.grouped_mm(self.act(gate) * up, self.down_proj.to(dtype).transpose(1, 2), offs=offs)  # (N*K, D)
+
+    def _every_expert(self, x: torch.Tensor, topk_idx: torch.Tensor, topk_weight: torch.Tensor) -> torch.Tensor:
+        E, (N, D) = self.n_experts, x.shape
+        combine = torch.zeros(N, E, dtype=topk_weight.dtype, device=x.device).scatter(1, topk_idx, topk_weight)
+        h = torch.bmm(x.unsqueeze(0).expand(E, N, D), self.gate_up_proj.transpose(1, 2))  # (E, N, 2I)
+        gate, up = h.chunk(2, dim=-1)  # (E, N, I) each
+        y = torch.bmm(self.act(gate) * up, self.down_proj.transpose(1, 2))  # (E, N, D)
+        return torch.einsum("end,ne->nd", y, combine.to(y.dtype)).to(x.dtype)  # (N, D)
 
 
 @dataclass
@@ -144,10 +214,10 @@ class MoE(nn.Module):
         E, K = self.cfg.n_routed_experts, self.cfg.top_k
         mask = None if token_mask is None else token_mask.reshape(-1).to(torch.float32)  # (N,)
         if mask is None:
-            counts = dispatch = torch.bincount(r.topk_idx.reshape(-1), minlength=E)  # (E,) token slots
-        else:  # masked tokens' slots go to bins E..2E-1: one integer bincount (deterministic, no host sync)
+            counts = dispatch = expert_counts(r.topk_idx, E)  # (E,) token slots
+        else:  # masked tokens' slots go to bins E..2E-1: one count for both
             bins = r.topk_idx + E * (mask[:, None] == 0)  # (N, K)
-            both = torch.bincount(bins.reshape(-1), minlength=2 * E)  # (2E,)
+            both = expert_counts(bins, 2 * E)  # (2E,)
             counts, dispatch = both[:E], both[:E] + both[E:]  # counted slots; all slots, for dispatch
         y = self.experts(x2, r.topk_idx, r.topk_weight, dispatch)
         if self.shared_experts is not None:
