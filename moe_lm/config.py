@@ -301,6 +301,8 @@ class TrainerConfig:
     strategy: str = "auto"
     # recompute each block's activations in the backward pass: less memory, one more forward pass per step
     gradient_checkpointing: bool = False
+    # the LM head and cross-entropy that many tokens at a time, never holding all logits (0 = all at once)
+    ce_chunk_size: int = 0
     log_every_n_steps: int = 10
     val_check_interval: Optional[int] = None  # in optimizer steps; null = no validation loop
     limit_val_batches: int = 8
@@ -318,6 +320,7 @@ class TrainerConfig:
         _check(self.log_every_n_steps > 0, "trainer.log_every_n_steps", "must be > 0")
         _check(self.num_nodes > 0, "trainer.num_nodes", "must be > 0")
         _check(self.limit_val_batches >= 0, "trainer.limit_val_batches", "must be >= 0")
+        _check(self.ce_chunk_size >= 0, "trainer.ce_chunk_size", "must be >= 0 (0 = no chunks)")
         _one_of(self.accelerator, "trainer.accelerator", ("auto", "cpu", "gpu", "cuda", "mps", "tpu"))
 
 

@@ -17,12 +17,13 @@ from moe_lm.config import ModelConfig
 from moe_lm.model.block import Block
 from moe_lm.model.cache import KVCache
 from moe_lm.model.layers import RMSNorm, rope_cos_sin
+from moe_lm.model.loss import linear_cross_entropy
 from moe_lm.model.moe import MoE
 
 
 @dataclass
 class ModelOutput:
-    logits: torch.Tensor  # (B, T, V)
+    logits: Optional[torch.Tensor]  # (B, T, V); None when the loss was fused with the head (targets=...)
     aux_loss: torch.Tensor  # scalar, mean over MoE layers (1.0 when balanced)
     z_loss: torch.Tensor  # scalar, mean over MoE layers
     expert_counts: Optional[torch.Tensor]  # (L, E) token slots per expert per MoE layer
@@ -31,6 +32,7 @@ class ModelOutput:
     hidden_states: Optional[list[torch.Tensor]] = None  # n_layers x (B, T, D), with return_hidden=True
     router_entropy: Optional[torch.Tensor] = None  # scalar, mean over MoE layers
     router_logits: Optional[torch.Tensor] = None  # (L, B*T, E) fp32 router logits per MoE layer
+    ce_sum: Optional[torch.Tensor] = None  # scalar fp32: summed next-token cross-entropy, with targets=...
 
 
 class MoETransformer(nn.Module):
@@ -64,11 +66,15 @@ class MoETransformer(nn.Module):
     def forward(self, input_ids: torch.Tensor, cache: Optional[KVCache] = None,
                 positions: Optional[torch.Tensor] = None, attn_mask: Optional[torch.Tensor] = None,
                 logits_at: Optional[torch.Tensor] = None, return_hidden: bool = False,
-                token_mask: Optional[torch.Tensor] = None) -> ModelOutput:
+                token_mask: Optional[torch.Tensor] = None, targets: Optional[torch.Tensor] = None,
+                ce_chunk_size: int = 0) -> ModelOutput:
         """input_ids: (B, T). With a cache, positions default to continuing after the cached tokens.
 
         logits_at: optional (B, T) bool mask; logits are then computed only there, shape (M, V)
         (training skips the LM head on padding).
+        targets: optional, one target id per row the head would see ((B, T), or (M,) with logits_at): the head is
+        then fused with the loss, output.ce_sum is the summed cross-entropy and output.logits None; ce_chunk_size
+        > 0 computes it that many rows at a time without ever holding all the logits (moe_lm/model/loss.py).
         token_mask: optional (B, T) bool, the tokens that count in routing statistics and balance losses
         (training passes the loss mask, so padding skews neither the balance nor the router bias update).
         """
@@ -96,11 +102,15 @@ class MoETransformer(nn.Module):
                 hidden.append(x)
         if logits_at is not None:
             x = x[logits_at]  # (M, D)
-        logits = self.lm_head(self.norm(x))  # (B, T, V) or (M, V)
-        zero = logits.new_zeros((), dtype=torch.float32)
+        if targets is None:
+            logits, ce_sum = self.lm_head(self.norm(x)), None  # (B, T, V) or (M, V)
+        else:
+            h = self.norm(x).flatten(0, -2)  # (M, D)
+            logits, ce_sum = None, linear_cross_entropy(h, self.lm_head.weight, targets.flatten(), ce_chunk_size)
+        zero = x.new_zeros((), dtype=torch.float32)
         hidden_states = hidden if return_hidden else None
         if not stats:
-            return ModelOutput(logits, zero, zero, None, None, None, hidden_states)
+            return ModelOutput(logits, zero, zero, None, None, None, hidden_states, ce_sum=ce_sum)
         if self.training:
             for moe, s in zip(self.moe_layers(), stats):
                 moe.record_load(s.expert_counts)
@@ -111,7 +121,7 @@ class MoETransformer(nn.Module):
         weights = torch.stack([s.topk_weight for s in stats])  # (L, N, K)
         entropy = torch.stack([s.router_entropy for s in stats]).mean()
         router_logits = torch.stack([s.router_logits for s in stats])  # (L, N, E)
-        return ModelOutput(logits, aux, z, counts, topk, weights, hidden_states, entropy, router_logits)
+        return ModelOutput(logits, aux, z, counts, topk, weights, hidden_states, entropy, router_logits, ce_sum)
 
     @torch.no_grad()
     def update_router_biases(self) -> None:

@@ -12,7 +12,6 @@ from typing import Any, Optional, Sequence
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from tokenizers import Tokenizer
 from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics.aggregation import MeanMetric
@@ -49,8 +48,9 @@ class MoELitModule(L.LightningModule):
         targets = batch["targets"]
         valid = targets != IGNORE_INDEX  # (B, T)
         # logits (M, V): no LM head on padding; padding does not count in the routing statistics either
-        out = self.model(batch["input_ids"], logits_at=valid, token_mask=valid)
-        ce_sum = F.cross_entropy(out.logits.float(), targets[valid], reduction="sum")
+        out = self.model(batch["input_ids"], logits_at=valid, token_mask=valid, targets=targets[valid],
+                         ce_chunk_size=self.cfg.trainer.ce_chunk_size)
+        ce_sum = out.ce_sum
         ce = ce_sum / valid.sum()
         # Under gradient accumulation each micro-batch's share of the step is its number of valid targets (padding
         # varies), so the step's gradient is that of one big batch; Lightning divides the loss by `accumulate`.
