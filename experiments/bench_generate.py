@@ -1,38 +1,37 @@
-"""Decoding speed with the KV cache vs recomputing the prefix, and cache bytes per token (MLA vs MHA).
+"""Decoding speed: moe_lm's generate path (preallocated latent KV cache) against recomputing the prefix, and
+cache bytes per token (MLA vs MHA).
 
-    python experiments/bench_generate.py [--prompt 64] [--new 256] [--batches 1,8]
+    python experiments/bench_generate.py [--prompt 64] [--new 256] [--batch 1] [--reps 5] [--json PATH]
 
-moe_lm's moe_100m with random weights, greedy, fp32 on CPU or bf16 on CUDA. "recompute" runs the
-whole sequence through the model for every new token (no cache), the baseline the cache removes.
+moe_100m with random weights, greedy, fp32 on CPU or bf16 on CUDA, three cases timed in interleaved rounds:
+- "cached": moe_lm.inference.decode.generate_ids, the path `moe_lm.generate` runs;
+- "cached, growing cache": the same model stepped by hand with a cache that grows by concatenation and gathers
+  routing statistics every step (how decoding worked before the preallocated cache);
+- "recompute": the whole sequence through the model for every new token (no cache), the baseline a cache removes.
 """
 
 from __future__ import annotations
 
-import argparse
-import time
-
 import torch
 
+from benchlib import arguments, device_name, interleaved, summarise, table, write_json
 from moe_lm.cli import compose
+from moe_lm.config import SamplingConfig
+from moe_lm.inference.decode import generate_ids
 from moe_lm.model import MoETransformer
 from moe_lm.model.cache import KVCache
 
 
 @torch.no_grad()
-def decode(model: MoETransformer, prompt: torch.Tensor, new: int, cached: bool) -> float:
-    """Tokens/s for `new` greedy tokens after `prompt` (B, P)."""
-    t0 = time.perf_counter()
-    ids = prompt
+def by_hand(model: MoETransformer, prompt: torch.Tensor, new: int, cached: bool) -> torch.Tensor:
+    """Greedy decoding of `new` tokens after `prompt` (B, P), with a growing cache or none."""
+    ids, nxt = prompt, None
     cache = KVCache(model.cfg.n_layers) if cached else None
-    nxt = None
     for _ in range(new):
         step_in = ids if (not cached or nxt is None) else nxt
-        logits = model(step_in, cache=cache).logits[:, -1]
-        nxt = logits.argmax(-1, keepdim=True)
+        nxt = model(step_in, cache=cache).logits[:, -1].argmax(-1, keepdim=True)
         ids = torch.cat([ids, nxt], dim=1)
-    if prompt.is_cuda:
-        torch.cuda.synchronize()
-    return prompt.shape[0] * new / (time.perf_counter() - t0)
+    return ids[:, prompt.shape[1]:]
 
 
 def cache_bytes_per_token(model: MoETransformer, device: torch.device, dtype: torch.dtype) -> int:
@@ -43,24 +42,37 @@ def cache_bytes_per_token(model: MoETransformer, device: torch.device, dtype: to
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = arguments(__doc__)
     ap.add_argument("--prompt", type=int, default=64)
     ap.add_argument("--new", type=int, default=256)
-    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--batch", type=int, default=1)
     args = ap.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     cfg = compose(["model=moe_100m"]).model
     torch.manual_seed(0)
     model = MoETransformer(cfg).to(device, dtype).eval()
-    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device: {name}; moe_100m, {dtype}, prompt {args.prompt} + {args.new} new tokens, greedy\n")
-    print("| batch | cached tok/s | recompute tok/s | speed-up |\n|---:|---:|---:|---:|")
-    for b in [int(x) for x in args.batches.split(",")]:
-        prompt = torch.randint(0, cfg.vocab_size, (b, args.prompt), device=device)
-        decode(model, prompt, 4, True)  # warm-up
-        fast, slow = decode(model, prompt, args.new, True), decode(model, prompt, args.new, False)
-        print(f"| {b} | {fast:,.1f} | {slow:,.1f} | {fast / slow:.1f}x |")
+    prompt = torch.randint(0, cfg.vocab_size, (args.batch, args.prompt), device=device)
+    greedy = SamplingConfig(max_new_tokens=args.new, temperature=0.0)
+    outputs = {}
+
+    def run(name, fn):
+        def call():
+            outputs[name] = fn()
+        return call
+
+    cases = {"cached": run("cached", lambda: torch.tensor(list(generate_ids(model, prompt.tolist(), greedy)))),
+             "cached, growing cache": run("grow", lambda: by_hand(model, prompt, args.new, True)),
+             "recompute": run("recompute", lambda: by_hand(model, prompt, args.new, False))}
+    print(f"device: {device_name(device)}; moe_100m, {dtype}, batch {args.batch}, prompt {args.prompt} + "
+          f"{args.new} new tokens, greedy; {args.reps} interleaved rounds after {args.warmup} warm-up\n")
+    times = interleaved(cases, args.reps, args.warmup, device)
+    same = {k: torch.equal(outputs["recompute"].cpu(), v.cpu()) for k, v in outputs.items()}
+    summary = summarise(times, "recompute")
+    print(table(summary, "recompute"))
+    speedup = {name: 1 / s["ratio"] for name, s in summary.items()}
+    print("\nspeed-up over recompute: " + "; ".join(f"{k} {v:.1f}x" for k, v in speedup.items())
+          + f"\nsame tokens as recompute: {same}")
     elt = torch.finfo(dtype).bits // 8
     mla = cache_bytes_per_token(model, device, dtype)
     mha_d = 2 * cfg.n_layers * cfg.d_model * elt  # K and V of d_model each, per layer
@@ -68,6 +80,9 @@ def main() -> None:
     print(f"\ncache bytes/token ({dtype}): MLA {mla:,} (latent {cfg.kv_lora_rank} + rope key {cfg.qk_rope_head_dim}"
           f" per layer); MHA with d_model-wide K and V {mha_d:,} (MLA/MHA {mla / mha_d:.3f}); MHA with MLA's"
           f" per-head dims {mha_expanded:,} (MLA/MHA {mla / mha_expanded:.3f})")
+    write_json(args.json, {"device": device_name(device), "batch": args.batch, "prompt": args.prompt,
+                           "new": args.new, "summary": summary, "speedup": speedup, "same_tokens": same,
+                           "cache_bytes_per_token": {"mla": mla, "mha": mha_d, "mha_mla_dims": mha_expanded}})
 
 
 if __name__ == "__main__":

@@ -1,82 +1,89 @@
-"""Train-step throughput: moe_100m vs a dense model with the same active parameters per token.
+"""Train-step time: moe_100m against a dense model with the same active parameters per token, eager and compiled.
 
-    python experiments/bench_train_step.py [--batch 8] [--seq 256] [--steps 5] [--warmup 2] [--precision bf16]
+    python experiments/bench_train_step.py [--batch 8] [--seq 256] [--reps 5] [--compile] [--json PATH]
 
-Runs full optimizer steps (forward, backward, clip, fused AdamW) on random tokens, both models in the same
-process, and prints tokens/s, MFU against the device peak (moe_lm.training.callbacks) and the MoE/dense ratio.
+Full optimizer steps (forward, fused LM head + cross-entropy, backward, clip, fused AdamW, router-bias step) on
+random tokens, every model in this process, timed in interleaved rounds (moe, dense, moe, dense, ...). Prints
+median and spread per model, tokens/s and MFU (against the device peak, moe_lm.training.callbacks), and the
+ratios the performance goals are stated in.
 """
 
 from __future__ import annotations
 
-import argparse
-import time
+import dataclasses
 
 import torch
-import torch.nn.functional as F
 
+from benchlib import arguments, device_name, interleaved, summarise, table, write_json
 from moe_lm.cli import compose
-from moe_lm.training.callbacks import device_peak_flops
 from moe_lm.model import MoETransformer
 from moe_lm.model.counting import param_breakdown, train_flops_per_token
+from moe_lm.training.callbacks import device_peak_flops
 
 
-def bench(preset: str, args: argparse.Namespace, device: torch.device) -> dict:
+def make_step(preset: str, args, device: torch.device, compiled: bool = False, moe_impl: str = ""):
     cfg = compose([f"model={preset}", f"data.seq_len={args.seq}"]).model
+    if moe_impl:
+        cfg = dataclasses.replace(cfg, moe_impl=moe_impl)
     torch.manual_seed(0)
     model = MoETransformer(cfg).to(device)
-    if args.compile:
+    if compiled:
         model.compile()
-    parts = param_breakdown(model, cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     x = torch.randint(0, cfg.vocab_size, (args.batch, args.seq + 1), device=device)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
 
     def step() -> None:
         with amp:
-            out = model(x[:, :-1])
-            loss = F.cross_entropy(out.logits.flatten(0, 1).float(), x[:, 1:].flatten())
-            loss = loss + 0.01 * out.aux_loss
+            out = model(x[:, :-1], targets=x[:, 1:], ce_chunk_size=args.ce_chunk_size)
+            loss = out.ce_sum / x[:, 1:].numel() + 0.01 * out.aux_loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         model.update_router_biases()
 
-    for _ in range(args.warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    dt = (time.perf_counter() - t0) / args.steps
-    tok_s = args.batch * args.seq / dt
-    flops = train_flops_per_token(cfg, parts, args.seq)
-    return {"model": preset, "total": parts["total"], "active": parts["active_per_token"], "step_s": dt,
-            "tok_s": tok_s, "mfu": tok_s * flops / device_peak_flops(device, args.peak_flops)}
+    parts = param_breakdown(model, cfg)
+    return step, {"total": parts["total"], "active": parts["active_per_token"],
+                  "flops_per_token": train_flops_per_token(cfg, parts, args.seq)}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = arguments(__doc__)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=256)
-    ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
-    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="add the compiled MoE and dense models")
+    ap.add_argument("--impls", default="", help="also time these model.moe_impl values, e.g. loop,bmm")
+    ap.add_argument("--ce-chunk-size", type=int, default=0)
     ap.add_argument("--peak-flops", type=float, default=None, help="device peak FLOP/s for MFU")
     args = ap.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device: {name}; batch {args.batch} x {args.seq}, {args.precision}, {args.steps} timed steps")
-    rows = [bench("moe_100m", args, device), bench("dense_100m", args, device)]
-    print("\n| model | total params | active params | step (s) | tokens/s | MFU |\n|---|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r['model']} | {r['total'] / 1e6:.1f}M | {r['active'] / 1e6:.1f}M | {r['step_s']:.3f} | "
-              f"{r['tok_s']:,.0f} | {100 * r['mfu']:.2f}% |")
-    print(f"\nMoE / dense tokens/s ratio: {rows[0]['tok_s'] / rows[1]['tok_s']:.2f}")
+    device = torch.device(args.device)
+    cases, info = {}, {}
+    for name, preset, compiled, impl in [("moe_100m", "moe_100m", False, ""), ("dense_100m", "dense_100m", False, "")] + \
+            [(f"moe_100m {i}", "moe_100m", False, i) for i in args.impls.split(",") if i] + \
+            ([("moe_100m compiled", "moe_100m", True, ""), ("dense_100m compiled", "dense_100m", True, "")]
+             if args.compile else []):
+        cases[name], info[name] = make_step(preset, args, device, compiled, impl)
+    print(f"device: {device_name(device)}; batch {args.batch} x {args.seq}, {args.precision}, "
+          f"{args.reps} interleaved rounds after {args.warmup} warm-up (compiling happens in the warm-up)\n")
+    times = interleaved(cases, args.reps, args.warmup, device)
+    summary = summarise(times, "dense_100m")
+    peak = device_peak_flops(device, args.peak_flops)
+    print(table(summary, "dense_100m"))
+    print("\n| model | total params | active params | tokens/s | MFU |\n|---|---:|---:|---:|---:|")
+    for name, s in summary.items():
+        s["tok_s"] = args.batch * args.seq / s["median_s"]
+        s["mfu"] = s["tok_s"] * info[name]["flops_per_token"] / peak
+        s.update(info[name])
+        print(f"| {name} | {s['total'] / 1e6:.1f}M | {s['active'] / 1e6:.1f}M | {s['tok_s']:,.0f} | "
+              f"{100 * s['mfu']:.2f}% |")
+    goals = {"moe_over_dense": summary["moe_100m"]["ratio"]}
+    if args.compile:
+        goals["eager_over_compiled_moe"] = summary["moe_100m"]["median_s"] / summary["moe_100m compiled"]["median_s"]
+    print("\n" + "; ".join(f"{k} {v:.3f}" for k, v in goals.items()))
+    write_json(args.json, {"device": device_name(device), "batch": args.batch, "seq": args.seq,
+                           "precision": args.precision, "summary": summary, **goals})
 
 
 if __name__ == "__main__":

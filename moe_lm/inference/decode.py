@@ -76,29 +76,37 @@ def generate_ids(model: MoETransformer, prompts: list[list[int]], cfg: SamplingC
     ids, valid = _left_pad(prompts, eos_id if eos_id is not None else 0, device)
     B, P = ids.shape
     positions = (valid.long().cumsum(-1) - 1).clamp_min(0)  # (B, P): 0 at each row's first real token
-    cache = KVCache(model.cfg.n_layers)
-    logits = model(ids, cache=cache, positions=positions, attn_mask=_prefill_mask(valid)).logits[:, -1]
+    steps = min(cfg.max_new_tokens, max_ctx - P)
+    cache = KVCache(model.cfg.n_layers, max_len=P + steps)  # allocated once, written in place
+    logits = model(ids, cache=cache, positions=positions, attn_mask=_prefill_mask(valid), routing_stats=False
+                   ).logits[:, -1]
     gen = torch.Generator(device=device).manual_seed(cfg.seed) if cfg.seed is not None else None
     procs = build_processors(cfg)
-    history = ids.masked_fill(~valid, -1)  # -1 = padding, ignored by the penalties
+    # every position this call can fill, allocated once: the token history (-1 = padding, ignored by the
+    # penalties) and the attention mask over the cache
+    history = torch.full((B, P + steps), -1, dtype=ids.dtype, device=device)
+    history[:, :P] = ids.masked_fill(~valid, -1)
+    mask = torch.ones(B, 1, 1, P + steps, dtype=torch.bool, device=device)
+    mask[:, 0, 0, :P] = valid
     out: list[list[int]] = [[] for _ in range(B)]
-    done = torch.zeros(B, dtype=torch.bool, device=device)
+    done = [False] * B
     next_pos = positions[:, -1:] + 1  # (B, 1)
-    steps = min(cfg.max_new_tokens, max_ctx - P)
     for step in range(steps):
-        tok = next_token(logits, history, cfg, procs, gen)  # (B,)
-        for i in range(B):
-            if not done[i] and (eos_id is None or int(tok[i]) != eos_id):
-                out[i].append(int(tok[i]))
-        if eos_id is not None:
-            done |= tok == eos_id
+        tok = next_token(logits, history[:, :P + step], cfg, procs, gen)  # (B,)
+        for i, t in enumerate(tok.tolist()):  # one transfer per step
+            if done[i]:
+                continue
+            if t == eos_id:
+                done[i] = True
+            else:
+                out[i].append(t)
         if stream:
             yield out[0]
-        if bool(done.all()) or step == steps - 1:  # no forward whose logits nobody would read
+        if all(done) or step == steps - 1:  # no forward whose logits nobody would read
             break
-        history = torch.cat([history, tok[:, None]], dim=1)
-        valid = torch.cat([valid, torch.ones(B, 1, dtype=torch.bool, device=device)], dim=1)
-        logits = model(tok[:, None], cache=cache, positions=next_pos, attn_mask=valid[:, None, None, :]).logits[:, -1]
+        history[:, P + step] = tok
+        logits = model(tok[:, None], cache=cache, positions=next_pos, attn_mask=mask[..., :P + step + 1],
+                       routing_stats=False).logits[:, -1]
         next_pos = next_pos + 1
     if not stream:
         yield from out

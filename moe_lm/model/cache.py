@@ -3,16 +3,24 @@
 MLA stores only its compressed latent (B, S, C) and the shared RoPE key (B, 1, S, R);
 GQA stores K and V per kv head (B, G, S, E). The sequence axis is dim -2 for 4-D tensors
 and dim 1 for the 3-D latent.
+
+With max_len, each layer's buffers are allocated once, at the first update, for max_len positions; every step
+then writes its tokens in place and attention reads a view of the filled part (no per-step concatenation, whose
+copies grow with the sequence). Without it the cache grows by concatenation (any length).
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 
 
 class KVCache:
-    def __init__(self, n_layers: int) -> None:
-        self.layers: list[tuple[torch.Tensor, ...] | None] = [None] * n_layers
+    def __init__(self, n_layers: int, max_len: Optional[int] = None) -> None:
+        self.layers: list[tuple[torch.Tensor, ...] | None] = [None] * n_layers  # full buffers when max_len
+        self.max_len = max_len
+        self.lengths = [0] * n_layers
 
     @staticmethod
     def _seq_dim(t: torch.Tensor) -> int:
@@ -20,11 +28,30 @@ class KVCache:
 
     def update(self, layer_idx: int, *new: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Append this step's tensors to layer `layer_idx` and return the full cached tensors."""
+        dims = [self._seq_dim(n) for n in new]
+        start, end = self.lengths[layer_idx], self.lengths[layer_idx] + new[0].shape[dims[0]]
         past = self.layers[layer_idx]
-        if past is not None:
-            new = tuple(torch.cat((p, n), dim=self._seq_dim(n)) for p, n in zip(past, new))
-        self.layers[layer_idx] = new
-        return new
+        if self.max_len is None:
+            if past is not None:
+                new = tuple(torch.cat((p, n), d) for p, n, d in zip(past, new, dims))
+            self.layers[layer_idx], self.lengths[layer_idx] = new, end
+            return new
+        if end > self.max_len:
+            raise ValueError(f"KV cache full: {end} positions, allocated for max_len={self.max_len}")
+        if past is None:
+            past = self.layers[layer_idx] = tuple(
+                n.new_empty(n.shape[:d] + (self.max_len,) + n.shape[d + 1:]) for n, d in zip(new, dims))
+        for buf, n, d in zip(past, new, dims):
+            buf.narrow(d, start, end - start).copy_(n)
+        self.lengths[layer_idx] = end
+        return tuple(buf.narrow(d, 0, end) for buf, d in zip(past, dims))
+
+    def filled(self, layer_idx: int) -> tuple[torch.Tensor, ...]:
+        """Layer `layer_idx`'s cached tensors, seq_len positions long."""
+        layer = self.layers[layer_idx]
+        if layer is None:
+            return ()
+        return tuple(t.narrow(self._seq_dim(t), 0, self.lengths[layer_idx]) for t in layer)
 
     def reorder(self, index: torch.Tensor) -> None:
         """Select / repeat batch rows (beam search): row i becomes old row index[i]."""
@@ -33,8 +60,8 @@ class KVCache:
 
     @property
     def seq_len(self) -> int:
-        first = self.layers[0]
-        return 0 if first is None else first[0].shape[self._seq_dim(first[0])]
+        return self.lengths[0]
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for layer in self.layers if layer for t in layer)
+        """Bytes of the cached positions (not of the unused part of preallocated buffers)."""
+        return sum(t.numel() * t.element_size() for i in range(len(self.layers)) for t in self.filled(i))

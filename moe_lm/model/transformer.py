@@ -67,7 +67,7 @@ class MoETransformer(nn.Module):
                 positions: Optional[torch.Tensor] = None, attn_mask: Optional[torch.Tensor] = None,
                 logits_at: Optional[torch.Tensor] = None, return_hidden: bool = False,
                 token_mask: Optional[torch.Tensor] = None, targets: Optional[torch.Tensor] = None,
-                ce_chunk_size: int = 0) -> ModelOutput:
+                ce_chunk_size: int = 0, routing_stats: bool = True) -> ModelOutput:
         """input_ids: (B, T). With a cache, positions default to continuing after the cached tokens.
 
         logits_at: optional (B, T) bool mask; logits are then computed only there, shape (M, V)
@@ -75,6 +75,7 @@ class MoETransformer(nn.Module):
         targets: optional, one target id per row the head would see ((B, T), or (M,) with logits_at): the head is
         then fused with the loss, output.ce_sum is the summed cross-entropy and output.logits None; ce_chunk_size
         > 0 computes it that many rows at a time without ever holding all the logits (moe_lm/model/loss.py).
+        routing_stats=False (not in training): no routing tensors are gathered (decoding reads none).
         token_mask: optional (B, T) bool, the tokens that count in routing statistics and balance losses
         (training passes the loss mask, so padding skews neither the balance nor the router bias update).
         """
@@ -109,11 +110,11 @@ class MoETransformer(nn.Module):
             logits, ce_sum = None, linear_cross_entropy(h, self.lm_head.weight, targets.flatten(), ce_chunk_size)
         zero = x.new_zeros((), dtype=torch.float32)
         hidden_states = hidden if return_hidden else None
-        if not stats:
-            return ModelOutput(logits, zero, zero, None, None, None, hidden_states, ce_sum=ce_sum)
         if self.training:
             for moe, s in zip(self.moe_layers(), stats):
                 moe.record_load(s.expert_counts)
+        if not stats or not (routing_stats or self.training):
+            return ModelOutput(logits, zero, zero, None, None, None, hidden_states, ce_sum=ce_sum)
         aux = torch.stack([s.aux_loss for s in stats]).mean()
         z = torch.stack([s.z_loss for s in stats]).mean()
         counts = torch.stack([s.expert_counts for s in stats])  # (L, E)

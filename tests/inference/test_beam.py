@@ -20,7 +20,7 @@ class MarkovToy(nn.Module):
         self.logits = nn.Parameter(table.log())
         self.cfg = SimpleNamespace(n_layers=1, max_seq_len=64)
 
-    def forward(self, ids, cache=None, positions=None, attn_mask=None):
+    def forward(self, ids, cache=None, positions=None, attn_mask=None, routing_stats=True):
         if cache is not None:
             cache.update(0, torch.zeros(ids.shape[0], ids.shape[1], 1))
         return SimpleNamespace(logits=self.logits[ids])

@@ -40,14 +40,15 @@ def test_rope_preserves_norm():
     torch.testing.assert_close(apply_rope(x, cos, sin).norm(dim=-1), x.norm(dim=-1))
 
 
+@pytest.mark.parametrize("max_len", [None, 96], ids=["growing", "preallocated"])
 @pytest.mark.parametrize("attention,absorb", [("mla", True), ("mla", False), ("gqa", False)])
-def test_cached_decoding_equals_full_forward(attention, absorb, make_model_cfg):
+def test_cached_decoding_equals_full_forward(attention, absorb, max_len, make_model_cfg):
     cfg = make_model_cfg(attention=attention, mla_absorb=absorb)
     model = MoETransformer(cfg).eval()
     x = torch.randint(0, 101, (2, 88))
     with torch.no_grad():
         full = model(x).logits
-        cache = KVCache(cfg.n_layers)
+        cache = KVCache(cfg.n_layers, max_len)
         parts = [model(x[:, :24], cache=cache).logits]  # prefill, then one token at a time
         parts += [model(x[:, i:i + 1], cache=cache).logits for i in range(24, 88)]  # 64 decode steps
     torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-4, rtol=1e-4)
@@ -62,3 +63,23 @@ def test_mla_cache_holds_only_latent_and_rope_key(make_model_cfg):
     latent, k_rope = cache.layers[0]
     assert latent.shape == (3, 10, cfg.kv_lora_rank)
     assert k_rope.shape == (3, 1, 10, cfg.qk_rope_head_dim)
+
+
+def test_preallocated_cache_writes_in_place_and_refuses_to_overflow(make_model_cfg):
+    cfg = make_model_cfg()
+    model = MoETransformer(cfg).eval()
+    grow, fixed = KVCache(cfg.n_layers), KVCache(cfg.n_layers, max_len=12)
+    x = torch.randint(0, 101, (2, 12))
+    with torch.no_grad():
+        for cache in (grow, fixed):
+            model(x[:, :10], cache=cache)
+        buffer = fixed.layers[0][0]
+        for cache in (grow, fixed):
+            model(x[:, 10:12], cache=cache)
+        assert fixed.layers[0][0] is buffer  # the same storage, written in place
+        for i in range(cfg.n_layers):
+            for a, b in zip(grow.filled(i), fixed.filled(i)):
+                assert torch.equal(a, b)
+        assert fixed.seq_len == 12 and fixed.nbytes() == grow.nbytes()
+        with pytest.raises(ValueError, match="KV cache full"):
+            model(x[:, :1], cache=fixed)
