@@ -27,8 +27,13 @@ test: install  ## fast tier (CPU, tiny configs)
 test-full: install  ## everything, slow tier included
 	$(PYTEST) -q
 
-bench: install
-	$(PY) experiments/bench_train_step.py
+BENCH_OUT ?= runs/bench
+bench: install  ## every benchmark, one process each, interleaved rounds; tables here, JSON in $(BENCH_OUT)/
+	$(PY) experiments/bench_moe_block.py --json $(BENCH_OUT)/moe_block.json
+	$(PY) experiments/bench_train_step.py --compile --json $(BENCH_OUT)/train_step.json
+	$(PY) experiments/bench_memory.py --json $(BENCH_OUT)/memory.json
+	$(PY) experiments/bench_generate.py --json $(BENCH_OUT)/generate.json
+	$(PY) experiments/bench_data.py --json $(BENCH_OUT)/data.json
 
 params: install
 	$(PY) -m moe_lm.params

@@ -34,7 +34,7 @@ def measure(batch: int, seq: int, chunk: int, device: torch.device) -> dict:
     from bench_train_step import make_step
 
     args = argparse.Namespace(batch=batch, seq=seq, precision="bf16", ce_chunk_size=chunk)
-    step, _ = make_step("moe_100m", args, device)
+    step, _, _ = make_step("moe_100m", args, device)
     step()  # optimizer state allocated
     if device.type == "cuda":
         torch.cuda.synchronize()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+from torch.profiler import record_function
 
 from benchlib import arguments, device_name, interleaved, summarise, table, write_json
 from moe_lm.cli import compose
@@ -33,19 +34,22 @@ def make_step(preset: str, args, device: torch.device, compiled: bool = False, m
     x = torch.randint(0, cfg.vocab_size, (args.batch, args.seq + 1), device=device)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
 
-    def step() -> None:
+    def step() -> None:  # the named ranges label experiments/profile_train_step.py's table
         with amp:
             out = model(x[:, :-1], targets=x[:, 1:], ce_chunk_size=args.ce_chunk_size)
             loss = out.ce_sum / x[:, 1:].numel() + 0.01 * out.aux_loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        model.update_router_biases()
+        with record_function("grad clip"):
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        with record_function("optimizer (fused AdamW)"):
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        with record_function("router bias update"):
+            model.update_router_biases()
 
     parts = param_breakdown(model, cfg)
     return step, {"total": parts["total"], "active": parts["active_per_token"],
-                  "flops_per_token": train_flops_per_token(cfg, parts, args.seq)}
+                  "flops_per_token": train_flops_per_token(cfg, parts, args.seq)}, model
 
 
 def main() -> None:
@@ -64,7 +68,7 @@ def main() -> None:
             [(f"moe_100m {i}", "moe_100m", False, i) for i in args.impls.split(",") if i] + \
             ([("moe_100m compiled", "moe_100m", True, ""), ("dense_100m compiled", "dense_100m", True, "")]
              if args.compile else []):
-        cases[name], info[name] = make_step(preset, args, device, compiled, impl)
+        cases[name], info[name], _ = make_step(preset, args, device, compiled, impl)
     print(f"device: {device_name(device)}; batch {args.batch} x {args.seq}, {args.precision}, "
           f"{args.reps} interleaved rounds after {args.warmup} warm-up (compiling happens in the warm-up)\n")
     times = interleaved(cases, args.reps, args.warmup, device)

@@ -359,11 +359,15 @@ class PrepareConfig:
     val_fraction: float = 0.01  # share of documents (not tokens) held out
     batch_documents: int = 256  # documents tokenised per batch (encode_batch runs on all cores)
     checkpoint_every: int = 1024  # documents between progress checkpoints
+    # 0: tokenise in this process (the tokenizer's threads use every core); N: a pool of N processes, one thread
+    # each, batches in order (the same bytes either way)
+    workers: int = 0
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.val_fraction < 1.0, "prepare.val_fraction", "must be in [0, 1)")
         _check(self.batch_documents > 0, "prepare.batch_documents", "must be > 0")
         _check(self.checkpoint_every > 0, "prepare.checkpoint_every", "must be > 0")
+        _check(self.workers >= 0, "prepare.workers", "must be >= 0 (0 = in this process)")
 
 
 @dataclass

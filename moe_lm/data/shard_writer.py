@@ -36,6 +36,7 @@ from moe_lm.data.files import DirectoryLock, write_json_atomic
 from moe_lm.data.formatters import Skip, format_records
 from moe_lm.data.sources import iter_source
 from moe_lm.data.bpe import eot_id, tokenizer_hash
+from moe_lm.data.encoding import Encoder, batched
 
 SPLITS = ("train", "val")
 
@@ -84,8 +85,10 @@ class DomainWriter:
             os.truncate(path, recorded)  # drop whatever was written after the last checkpoint
             self.files[split] = open(path, "ab")
 
-    def append(self, split: str, ids: list[int]) -> None:
-        arr = np.asarray(ids, dtype=self.dtype)
+    def append(self, split: str, eot: int, ids: np.ndarray) -> None:
+        """One document: the end-of-text separator, then its tokens."""
+        arr = np.empty(len(ids) + 1, dtype=self.dtype)
+        arr[0], arr[1:] = eot, ids
         self.files[split].write(arr.tobytes())
         self.state["bytes"][split] += arr.nbytes
         self.state["tokens"][split] += arr.size
@@ -119,35 +122,36 @@ def fresh_state(thash: str, domain: DomainConfig) -> dict[str, Any]:
             "per_source_tokens": [0] * n, "skipped": {}, "text_bytes": 0}
 
 
-def write_documents(cfg: TrainConfig, name: str, tok: Tokenizer, writer: DomainWriter, progress, task) -> None:
+def write_documents(cfg: TrainConfig, name: str, encoder: Encoder, writer: DomainWriter, progress, task) -> None:
     """Stream the domain's sources into the writer until each source's share, checkpointing as it goes."""
     p, data, domain, state = cfg.prepare, cfg.data, cfg.data.domains[name], writer.state
-    eot, total_w, since = eot_id(tok), sum(s.weight for s in domain.sources), 0
+    eot, total_w, since = eot_id(encoder.tok), sum(s.weight for s in domain.sources), 0
     for i, src in enumerate(domain.sources):
         share = domain.token_budget * src.weight / total_w
+        if state["per_source_tokens"][i] >= share:
+            continue
         sink = [{}]  # resume: records passed over again are already counted in the checkpoint
         docs = source_documents(data, domain, i, sink)
         for _ in range(state["consumed"][i]):  # resume: skip what is already on disk
             next(docs, None)
         sink[0] = state["skipped"]
-        while state["per_source_tokens"][i] < share:
-            batch = [d for _, d in zip(range(p.batch_documents), docs)]
-            if not batch:
-                break
-            for doc, enc in zip(batch, tok.encode_batch(batch)):
+        for ids_batch, bytes_batch in encoder.map(batched(docs, p.batch_documents)):
+            for ids, n_bytes in zip(ids_batch, bytes_batch):
                 if state["per_source_tokens"][i] >= share:
                     break
-                split = split_of(name, i, state["consumed"][i], len(enc.ids) + 1, state, cfg.seed, p.val_fraction)
-                writer.append(split, [eot] + enc.ids)
+                split = split_of(name, i, state["consumed"][i], len(ids) + 1, state, cfg.seed, p.val_fraction)
+                writer.append(split, eot, ids)
                 state["consumed"][i] += 1
-                state["per_source_tokens"][i] += len(enc.ids) + 1
-                state["text_bytes"] += len(doc.encode())
+                state["per_source_tokens"][i] += len(ids) + 1
+                state["text_bytes"] += n_bytes
                 since += 1
-            if since >= p.checkpoint_every:  # at a batch boundary: no document read ahead of the state
+            if since >= p.checkpoint_every:  # at a batch boundary: the state counts exactly what is on disk
                 writer.checkpoint()
                 since = 0
             if progress:
                 progress.update(task, completed=sum(state["per_source_tokens"]))
+            if state["per_source_tokens"][i] >= share:
+                break
 
 
 def domain_meta(state: dict[str, Any], domain: DomainConfig, dtype: np.dtype) -> dict[str, Any]:
@@ -192,10 +196,11 @@ def check_domain(name: str, meta: dict[str, Any], seq_len: int) -> None:
                       f"of data.seq_len + 1 = {seq_len + 1}; raise its token_budget or prepare.val_fraction")
 
 
-def prepare_domain(cfg: TrainConfig, name: str, tok: Tokenizer, progress: Progress | None = None) -> dict[str, Any]:
+def prepare_domain(cfg: TrainConfig, name: str, encoder: Encoder, progress: Progress | None = None) -> dict[str, Any]:
     domain = cfg.data.domains[name]
     root = Path(cfg.prepare.out) / name
     root.mkdir(parents=True, exist_ok=True)
+    tok = encoder.tok
     thash, meta_path, prog_path = tokenizer_hash(tok), root / "meta.json", root / "progress.json"
     if meta_path.exists():
         meta = json.loads(meta_path.read_text())
@@ -211,7 +216,7 @@ def prepare_domain(cfg: TrainConfig, name: str, tok: Tokenizer, progress: Progre
     if not state.get("complete"):
         writer = DomainWriter(root, dtype, state)
         task = progress.add_task(name, total=domain.token_budget) if progress else None
-        write_documents(cfg, name, tok, writer, progress, task)
+        write_documents(cfg, name, encoder, writer, progress, task)
         writer.checkpoint()
         writer.close()
     meta = domain_meta(state, domain, dtype)
@@ -227,5 +232,6 @@ def prepare(cfg: TrainConfig) -> dict[str, dict[str, Any]]:
     if not tok_path.is_file():
         raise FileNotFoundError(f"prepare.tokenizer: no such file: {tok_path} (train one: python -m moe_lm.tokenizer)")
     tok = Tokenizer.from_file(str(tok_path))
-    with DirectoryLock(Path(cfg.prepare.out), "prepare.out", "prepare"), Progress() as progress:
-        return {name: prepare_domain(cfg, name, tok, progress) for name in cfg.data.domains}
+    with DirectoryLock(Path(cfg.prepare.out), "prepare.out", "prepare"), Progress() as progress, \
+            Encoder(tok, cfg.prepare.workers) as encoder:
+        return {name: prepare_domain(cfg, name, encoder, progress) for name in cfg.data.domains}

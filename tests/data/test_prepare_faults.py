@@ -80,12 +80,12 @@ def crash_at(monkeypatch, n: int) -> list[int]:
         monkeypatch.setattr(os, name, wrap(getattr(os, name)))
     append = shard_writer.DomainWriter.append
 
-    def torn_append(self, split, ids):
+    def torn_append(self, split, eot, ids):
         if count[0] + 1 == n:
-            data = bytes(len(ids) * self.dtype.itemsize // 2)
+            data = bytes((len(ids) + 1) * self.dtype.itemsize // 2)
             self.files[split].write(data)  # half a document reaches the file, then the process dies
         tick()
-        append(self, split, ids)
+        append(self, split, eot, ids)
 
     monkeypatch.setattr(shard_writer.DomainWriter, "append", torn_append)
     return count
@@ -152,3 +152,12 @@ def test_a_domain_whose_sources_give_nothing_fails_naming_it(tmp_path, setup):
     (Path(cfg.data.local_root) / "math" / "mathds.jsonl").write_text("not json\r{\"question\": 1}\r")
     with pytest.raises(ConfigError, match=r"data.domains.math: its sources gave no documents .*bad JSON"):
         prepare(cfg)
+
+
+def test_a_pool_of_workers_writes_the_same_bytes_as_one_process(tmp_path, setup):
+    one = setup(tmp_path / "one")
+    prepare(one)
+    pool = setup(tmp_path / "pool")
+    pool.prepare.workers = 2
+    prepare(pool)
+    assert outputs(tmp_path / "pool") == outputs(tmp_path / "one")
