@@ -32,8 +32,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
 from moe_lm.config import ConfigError, LinesDataConfig
 from moe_lm.data.bpe import eot_id
-
-IGNORE_INDEX = -100
+from moe_lm.model.loss import IGNORE_INDEX  # the target of a padding position
 
 
 def read_lines(path: str | Path) -> list[str]:

@@ -134,5 +134,6 @@ def plan_table(cfg: PlanConfig, p: dict[str, Any]) -> str:
                      f"{r['memory_gib']:.1f} + {r['logits_gib']:.1f} logits{over} |")
     lines += ["", "**<-**: the size nearest the compute-optimal active parameters. Hours: the size's compute-optimal "
               "tokens at this MFU; memory: fp32 weights + grads + AdamW + activations (estimate, see "
-              "moe_lm/eval/compute_plan.py) + fp32 logits."]
+              "moe_lm/eval/compute_plan.py) + fp32 logits (trainer.ce_chunk_size=N keeps only N tokens' logits at "
+              "a time)."]
     return "\n".join(lines)

@@ -16,14 +16,17 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+IGNORE_INDEX = -100  # the target of a padding position (moe_lm.data.text_lines uses the same)
+
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                          chunk_size: int = 0) -> torch.Tensor:
-    """Sum over rows of cross_entropy(hidden @ weight.T, targets). hidden (M, D), weight (V, D), targets (M,).
+    """Sum over rows of cross_entropy(hidden @ weight.T, targets). hidden (M, D), weight (V, D), targets (M,);
+    rows whose target is negative (IGNORE_INDEX, padding) count for nothing.
 
     chunk_size 0: the plain path (full logits). Otherwise rows are processed chunk_size at a time."""
     if chunk_size <= 0:
-        return F.cross_entropy(F.linear(hidden, weight).float(), targets, reduction="sum")
+        return F.cross_entropy(F.linear(hidden, weight).float(), targets, reduction="sum", ignore_index=IGNORE_INDEX)
     kind = hidden.device.type
     dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else hidden.dtype
     need_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
@@ -42,12 +45,15 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         for start in range(0, hidden.shape[0], chunk_size):
             h = hidden[start:start + chunk_size].to(dtype)  # (C, D)
             t = targets[start:start + chunk_size]  # (C,)
+            keep = (t != IGNORE_INDEX).float()  # (C,)
+            t = t.clamp_min(0)
             logits = F.linear(h, w).float()  # (C, V)
             lse = logits.logsumexp(-1)  # (C,)
-            total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            total += ((lse - logits.gather(1, t[:, None]).squeeze(1)) * keep).sum()
             if need_grad:
                 g = logits.sub_(lse[:, None]).exp_()  # (C, V) softmax, in place of the logits
                 g[torch.arange(len(t), device=t.device), t] -= 1.0  # d loss / d logits
+                g *= keep[:, None]
                 g = g.to(dtype)
                 grad_hidden[start:start + chunk_size] = (g @ w).to(hidden.dtype)  # (C, D)
                 grad_weight += (g.t() @ h).float()  # (V, D)

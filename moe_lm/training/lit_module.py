@@ -47,8 +47,9 @@ class MoELitModule(L.LightningModule):
         """(loss to optimise, cross-entropy over valid targets, detached routing tensors for the callbacks)."""
         targets = batch["targets"]
         valid = targets != IGNORE_INDEX  # (B, T)
-        # logits (M, V): no LM head on padding; padding does not count in the routing statistics either
-        out = self.model(batch["input_ids"], logits_at=valid, token_mask=valid, targets=targets[valid],
+        # the LM head fused with the loss; padding targets count for nothing there, nor in the routing statistics
+        # (fixed shapes throughout: a compiled model has no data-dependent shape to break on)
+        out = self.model(batch["input_ids"], token_mask=valid, targets=targets,
                          ce_chunk_size=self.cfg.trainer.ce_chunk_size)
         ce_sum = out.ce_sum
         ce = ce_sum / valid.sum()

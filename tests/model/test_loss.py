@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from moe_lm.model import MoETransformer
-from moe_lm.model.loss import linear_cross_entropy
+from moe_lm.model.loss import IGNORE_INDEX, linear_cross_entropy
 
 
 def _grads(hidden, weight, targets, chunk, scale=1.0):
@@ -83,3 +83,18 @@ def test_chunks_hold_less_memory_than_the_full_logits():
         saved[chunk] = sum(total)
     assert saved[0] >= 512 * 5000 * 4  # the fp32 logits
     assert saved[64] <= (512 * 16 + 5000 * 16) * 4 * 1.01
+
+
+@pytest.mark.parametrize("chunk", [0, 4])
+def test_ignored_targets_count_for_nothing(chunk):
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(10, 8), torch.randn(13, 8)
+    targets = torch.randint(0, 13, (10,))
+    targets[[1, 6, 7]] = IGNORE_INDEX
+    keep = targets != IGNORE_INDEX
+    loss, gh, gw = _grads(hidden, weight, targets, chunk)
+    ref, rgh, rgw = _grads(hidden[keep], weight, targets[keep], 0)
+    torch.testing.assert_close(loss, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(gh[keep], rgh, atol=1e-5, rtol=1e-5)
+    assert gh[~keep].abs().max() == 0
+    torch.testing.assert_close(gw, rgw, atol=1e-5, rtol=1e-5)

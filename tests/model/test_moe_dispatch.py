@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from moe_lm.model import MoETransformer
+from moe_lm.model.loss import IGNORE_INDEX
 from moe_lm.model.moe import MoE, expert_counts
 
 PATHS = ["grouped_mm", "bmm"]
@@ -73,12 +74,14 @@ def test_expert_counts_equal_bincount():
 
 
 @pytest.mark.parametrize("impl", PATHS)
-def test_model_forward_has_no_graph_break_without_the_loop(impl, make_model_cfg):
+def test_training_forward_has_no_graph_break_without_the_loop(impl, make_model_cfg):
+    """The call training makes (padding masked, loss fused with the head) traces as one graph."""
     torch.manual_seed(0)
     model = MoETransformer(make_model_cfg(moe_impl=impl)).train()
-    ids = torch.randint(0, model.cfg.vocab_size, (2, 16))
+    ids, targets = torch.randint(0, model.cfg.vocab_size, (2, 2, 16))
+    targets[1, 10:] = IGNORE_INDEX  # padding
     with torch.autocast("cpu", dtype=torch.bfloat16):  # compiled grouped_mm takes bf16 only
-        explained = torch._dynamo.explain(model)(ids, token_mask=torch.ones(2, 16, dtype=torch.bool))
+        explained = torch._dynamo.explain(model)(ids, token_mask=targets != IGNORE_INDEX, targets=targets)
     assert explained.graph_break_count == 0, [str(b.reason) for b in explained.break_reasons]
     torch._dynamo.reset()
 
