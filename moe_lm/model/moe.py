@@ -123,26 +123,34 @@ class RoutedExperts(nn.Module):
             counts = expert_counts(topk_idx, self.n_experts)
         order = topk_idx.reshape(-1).argsort(stable=True)  # (N*K,): slots sorted by expert
         token_of_slot = order // K  # (N*K,): which token each sorted slot belongs to
-        x_sorted = x[token_of_slot]  # (N*K, D), grouped by expert
-        y_sorted = self._grouped(x_sorted, counts) if impl == "grouped_mm" else self._loop(x_sorted, counts)
-        y_sorted = y_sorted * topk_weight.reshape(-1)[order, None].to(y_sorted.dtype)  # (N*K, D)
-        return torch.zeros_like(x).index_add_(0, token_of_slot, y_sorted.to(x.dtype))  # (N, D)
+        # cast the N tokens before copying them K times (half the bytes gathered in bf16, one cast per token)
+        x_sorted = x.to(compute_dtype(x))[token_of_slot]  # (N*K, D), grouped by expert
+        w_sorted = topk_weight.reshape(-1)[order, None]  # (N*K, 1) router weight of each slot
+        y_sorted = (self._grouped if impl == "grouped_mm" else self._loop)(x_sorted, w_sorted, counts)  # (N*K, D)
+        # back to slot order, then each token's K weighted outputs summed (accumulated in fp32, rounded once):
+        # deterministic (no atomic adds), and the K-fold copies stay in the compute dtype both ways
+        y_slots = y_sorted.new_empty(y_sorted.shape).index_copy_(0, order, y_sorted)  # (N*K, D), slot n*K + k
+        return y_slots.view(N, K, -1).sum(1).to(x.dtype)  # (N, D)
 
-    def _loop(self, x_sorted: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    def _hidden(self, gate_up: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """act(gate) * up, times each slot's router weight: weighting the I-wide input of the (linear) down
+        projection equals weighting its D-wide output, and touches fewer values when I < D."""
+        gate, up = gate_up.chunk(2, dim=-1)  # (n, I) each
+        return self.act(gate) * (up * w.to(up.dtype))  # (n, I)
+
+    def _loop(self, x_sorted: torch.Tensor, w_sorted: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         # unbind once: indexing the stacked weights per expert would zero-fill a full (E, ...) grad each time
         w_gate_up, w_down = self.gate_up_proj.unbind(0), self.down_proj.unbind(0)
-        outs = []
-        for e, x_e in enumerate(x_sorted.split(counts.tolist())):  # loop over E experts, not tokens
-            gate, up = F.linear(x_e, w_gate_up[e]).chunk(2, dim=-1)  # (n_e, I) each
-            outs.append(F.linear(self.act(gate) * up, w_down[e]))  # (n_e, D)
+        sizes = counts.tolist()  # the host sync
+        outs = [F.linear(self._hidden(F.linear(x_e, w_gate_up[e]), w_e), w_down[e])  # (n_e, D)
+                for e, (x_e, w_e) in enumerate(zip(x_sorted.split(sizes), w_sorted.split(sizes)))]
         return torch.cat(outs)  # (N*K, D)
 
-    def _grouped(self, x_sorted: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        dtype = compute_dtype(x_sorted)  # grouped_mm is not on autocast's list: cast as autocast would
+    def _grouped(self, x_sorted: torch.Tensor, w_sorted: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        dtype = x_sorted.dtype  # the compute dtype: grouped_mm is not on autocast's list, so cast as it would
         offs = counts.cumsum(0).to(torch.int32)  # (E,) end of each expert's rows, on the device
-        h = F.grouped_mm(x_sorted.to(dtype), self.gate_up_proj.to(dtype).transpose(1, 2), offs=offs)  # (N*K, 2I)
-        gate, up = h.chunk(2, dim=-1)  # (N*K, I) each
-        return F.grouped_mm(self.act(gate) * up, self.down_proj.to(dtype).transpose(1, 2), offs=offs)  # (N*K, D)
+        gate_up = F.grouped_mm(x_sorted, self.gate_up_proj.to(dtype).transpose(1, 2), offs=offs)  # (N*K, 2I)
+        return F.grouped_mm(self._hidden(gate_up, w_sorted), self.down_proj.to(dtype).transpose(1, 2), offs=offs)
 
     def _every_expert(self, x: torch.Tensor, topk_idx: torch.Tensor, topk_weight: torch.Tensor) -> torch.Tensor:
         E, (N, D) = self.n_experts, x.shape
