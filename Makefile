@@ -29,7 +29,7 @@ test-full: install  ## everything, slow tier included
 
 BENCH_OUT ?= runs/bench
 bench: install  ## every benchmark, one process each, interleaved rounds; tables here, JSON in $(BENCH_OUT)/
-	$(PY) experiments/bench_moe_block.py --json $(BENCH_OUT)/moe_block.json
+	$(PY) experiments/bench_moe_block.py --reps 15 --json $(BENCH_OUT)/moe_block.json
 	$(PY) experiments/bench_train_step.py --compile --json $(BENCH_OUT)/train_step.json
 	$(PY) experiments/bench_memory.py --json $(BENCH_OUT)/memory.json
 	$(PY) experiments/bench_generate.py --json $(BENCH_OUT)/generate.json
