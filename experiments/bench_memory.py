@@ -4,14 +4,17 @@
 
 Each case runs in a fresh process (so one case's freed memory cannot hide in the other's peak): one step to
 allocate the optimizer state, then the peak of a second step is read: CUDA's allocator peak on a GPU, the
-process's peak resident set (VmHWM, reset through /proc/self/clear_refs) on CPU. Reported beside the memory
-before the step (weights, gradients, AdamW state), so the difference is the step's activations.
+process's peak resident set (VmHWM, reset through /proc/self/clear_refs) on CPU. On CPU the child runs with
+MALLOC_MMAP_THRESHOLD_=65536, so glibc maps every block above 64 KiB on its own and returns it when freed: the
+resident set then follows the memory in use instead of what the allocator keeps cached. Reported beside the
+memory before the step (weights, AdamW state, caches), so the difference is what the step itself needs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -66,7 +69,9 @@ def main() -> None:
     for name, chunk in (("full logits", 0), (f"chunks of {args.chunk}", args.chunk)):
         cmd = [sys.executable, __file__, "--case", str(chunk), "--batch", str(args.batch), "--seq", str(args.seq),
                "--device", args.device]
-        rows[name] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+        rows[name] = json.loads(out.splitlines()[-1])
     print(f"device: {device_name(device)}; moe_100m train step, batch {args.batch} x {args.seq}, bf16\n")
     print("| LM head + loss | before the step (MiB) | peak (MiB) | step's own (MiB) |\n|---|---:|---:|---:|")
     for name, r in rows.items():
