@@ -58,7 +58,7 @@ def main() -> None:
     ap = arguments(__doc__)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=1024)
-    ap.add_argument("--chunk", type=int, default=2048, help="trainer.ce_chunk_size of the chunked case")
+    ap.add_argument("--chunk", type=int, default=256, help="trainer.ce_chunk_size of the chunked case")
     ap.add_argument("--case", type=int, default=None, help="internal: run one case (its chunk size) and print JSON")
     args = ap.parse_args()
     device = torch.device(args.device)
