@@ -92,3 +92,18 @@ def test_the_loop_path_does_break_the_graph(make_model_cfg):
     ids = torch.randint(0, model.cfg.vocab_size, (2, 16))
     assert torch._dynamo.explain(model)(ids).graph_break_count > 0
     torch._dynamo.reset()
+
+
+def _sm80() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0)
+
+
+@pytest.mark.skipif(not _sm80(), reason="needs a CUDA GPU of compute capability 8.0 or newer (none here)")
+def test_auto_runs_grouped_mm_on_cuda_in_bf16_and_matches_the_loop(make_model_cfg):
+    ref, other = _pair(make_model_cfg, "auto", d_model=64, moe_intermediate_size=32)
+    ref, other = ref.cuda(), other.cuda()
+    x = torch.randn(256, 64, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        assert other.experts.resolved_impl(x) == "grouped_mm"
+        y_ref, y = ref(x)[0], other(x)[0]
+    torch.testing.assert_close(y.float(), y_ref.float(), atol=2e-2, rtol=2e-2)
