@@ -39,7 +39,7 @@ def label_modules(model: torch.nn.Module) -> set[str]:
         if isinstance(module, TopkRouter):
             return "router (scores, top-k)"
         if isinstance(module, RoutedExperts):
-            return "MoE dispatch (sort, gather, scatter-add)"
+            return "MoE dispatch (sort, gather, combine)"
         if isinstance(module, MoE):
             return "router statistics + balance losses"
         if isinstance(module, GatedMLP):
