@@ -95,10 +95,11 @@ def score_stream(model: MoETransformer, ids: list[int], context: int, stride: in
             x[row, : e - b] = stream[b:e]
             score[row, first - 1 - b: e - 1 - b] = True
         x, score = x.to(device), score.to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            out = model(x[:, :-1], logits_at=score[:, :-1])  # the last input would predict past the window
         targets = x[:, 1:][score[:, :-1]]
-        nll += float(torch.nn.functional.cross_entropy(out.logits.float(), targets, reduction="sum"))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            # the last input would predict past the window; the head is fused with the loss
+            out = model(x[:, :-1], logits_at=score[:, :-1], targets=targets)
+        nll += float(out.ce_sum)
         n += int(targets.numel())
         if out.topk_idx is not None:
             from moe_lm.eval.routing import domain_expert_counts

@@ -23,9 +23,9 @@ def full_pass_loss(model: MoETransformer, dm: TextLinesDataModule) -> float:
     total, count = 0.0, 0
     for batch in dm.val_dataloader():
         valid = batch["targets"] != IGNORE_INDEX
-        logits = model(batch["input_ids"].to(device), logits_at=valid.to(device)).logits
-        total += float(torch.nn.functional.cross_entropy(logits.float(), batch["targets"][valid].to(device),
-                                                         reduction="sum"))
+        targets = batch["targets"][valid].to(device)
+        out = model(batch["input_ids"].to(device), logits_at=valid.to(device), targets=targets)
+        total += float(out.ce_sum)
         count += int(valid.sum())
     return total / count
 

@@ -70,8 +70,8 @@ class MoETransformer(nn.Module):
                 ce_chunk_size: int = 0, routing_stats: bool = True) -> ModelOutput:
         """input_ids: (B, T). With a cache, positions default to continuing after the cached tokens.
 
-        logits_at: optional (B, T) bool mask; logits are then computed only there, shape (M, V)
-        (training skips the LM head on padding).
+        logits_at: optional (B, T) bool mask; logits are then computed only there, shape (M, V) (evaluation skips
+        the LM head on unscored positions; training keeps fixed shapes and passes ignored targets instead).
         targets: optional, one target id per row the head would see ((B, T), or (M,) with logits_at): the head is
         then fused with the loss, output.ce_sum is the summed cross-entropy and output.logits None; ce_chunk_size
         > 0 computes it that many rows at a time without ever holding all the logits (moe_lm/model/loss.py).
