@@ -58,6 +58,10 @@ def expert_counts(idx: torch.Tensor, n_bins: int) -> torch.Tensor:
     return (idx.reshape(-1, 1) == torch.arange(n_bins, device=idx.device)).sum(0)  # (n_bins,)
 
 
+# The public name arrived in torch 2.10; before it the same op is torch._grouped_mm (CUDA only).
+_grouped_mm = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
+
+
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype matmuls run in here: autocast's where it is on, else x's."""
     kind = x.device.type
@@ -69,14 +73,14 @@ def grouped_mm_supported(x: torch.Tensor, widths: tuple[int, ...]) -> bool:
     but only bf16 under torch.compile (the tracer's shape rules take bf16 alone). Every row stride must be a
     multiple of 16 bytes."""
     dtype = compute_dtype(x)
-    if not hasattr(F, "grouped_mm") or not dtype.is_floating_point:
+    if _grouped_mm is None or not dtype.is_floating_point:
         return False
     if torch.compiler.is_compiling() and dtype != torch.bfloat16:
         return False
     if x.device.type == "cuda":
         if dtype != torch.bfloat16 or torch.cuda.get_device_capability(x.device) < (8, 0):
             return False
-    elif x.device.type != "cpu":
+    elif x.device.type != "cpu" or not hasattr(F, "grouped_mm"):  # torch < 2.10: torch._grouped_mm is CUDA-only
         return False
     return all(w * dtype.itemsize % 16 == 0 for w in widths)
 
@@ -149,8 +153,8 @@ class RoutedExperts(nn.Module):
     def _grouped(self, x_sorted: torch.Tensor, w_sorted: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         dtype = x_sorted.dtype  # the compute dtype: grouped_mm is not on autocast's list, so cast as it would
         offs = counts.cumsum(0).to(torch.int32)  # (E,) end of each expert's rows, on the device
-        gate_up = F.grouped_mm(x_sorted, self.gate_up_proj.to(dtype).transpose(1, 2), offs=offs)  # (N*K, 2I)
-        return F.grouped_mm(self._hidden(gate_up, w_sorted), self.down_proj.to(dtype).transpose(1, 2), offs=offs)
+        gate_up = _grouped_mm(x_sorted, self.gate_up_proj.to(dtype).transpose(1, 2), offs=offs)  # (N*K, 2I)
+        return _grouped_mm(self._hidden(gate_up, w_sorted), self.down_proj.to(dtype).transpose(1, 2), offs=offs)
 
     def _every_expert(self, x: torch.Tensor, topk_idx: torch.Tensor, topk_weight: torch.Tensor) -> torch.Tensor:
         E, (N, D) = self.n_experts, x.shape

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The CUDA checks of the README's "On a GPU" section, in one pass (a lent GPU's time is short):
+#   OUT=/some/dir bash experiments/cuda_checks.sh
+# Each step has its own time limit, so a slow one cannot starve the rest; everything is logged to $OUT/log.txt
+# and each benchmark writes its JSON beside it. Needs a CUDA GPU and the project's dependencies importable.
+set -u
+OUT=${OUT:-runs/cuda_checks}
+mkdir -p "$OUT"
+PY=${PY:-python3}
+export PYTHONUNBUFFERED=1 HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false
+log() { echo "=== $(date +%T) $*" | tee -a "$OUT/log.txt"; }
+step() {  # step SECONDS NAME COMMAND...
+    local limit=$1 name=$2; shift 2
+    log "$name: $*"
+    local t0=$SECONDS
+    timeout "$limit" "$@" 2>&1 | tee -a "$OUT/log.txt"
+    log "$name: exit ${PIPESTATUS[0]} after $((SECONDS - t0)) s"
+}
+
+step 30 env bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; $PY -c '
+import torch, torch.nn.functional as F, lightning, transformers
+print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"lightning\", lightning.__version__,
+      \"transformers\", transformers.__version__)
+print(\"capability\", torch.cuda.get_device_capability(), \"F.grouped_mm\", hasattr(F, \"grouped_mm\"),
+      \"torch._grouped_mm\", hasattr(torch, \"_grouped_mm\"))'"
+# grouped_mm on the device equals the loop; dynamo finds no graph break; HF reference logits on CPU as a sanity check
+step 150 tests $PY -m pytest -q -p no:cacheprovider tests/model/test_moe_dispatch.py tests/model/test_compile.py \
+    tests/model/test_hf_reference.py
+step 60 moe_block $PY experiments/bench_moe_block.py --device cuda --tokens 16384 --reps 10 --json "$OUT/moe_block.json"
+step 150 train_step $PY experiments/bench_train_step.py --device cuda --batch 8 --seq 1024 --compile \
+    --json "$OUT/train_step.json"
+step 150 demo $PY -m moe_lm.train +experiment=overfit_100_lines out_dir=/tmp/cuda_demo trainer.progress_bar=false
+step 120 generate $PY experiments/bench_generate.py --device cuda --new 128 --warmup 1 --json "$OUT/generate.json"
+step 40 flash $PY experiments/cuda_attention_check.py
+step 45 memory $PY experiments/bench_memory.py --device cuda --json "$OUT/memory.json"
+ls /tmp/cuda_demo | tee -a "$OUT/log.txt"
+log done
