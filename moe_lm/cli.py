@@ -27,7 +27,7 @@ DEBUG_VAR = "MOE_LM_DEBUG"
 # The primary config (conf/<name>.yaml) each command composes.
 COMMAND_CONFIG = {"train": "config", "params": "config", "tokenizer": "config", "prepare": "config",
                   "generate": "generate", "inspect": "inspect", "report": "report", "plan": "plan",
-                  "scaling": "scaling", "evaluate": "evaluate"}
+                  "scaling": "scaling", "evaluate": "evaluate", "export": "export"}
 
 
 def conf_dir() -> Path:

@@ -430,8 +430,11 @@ class TrainConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     seed: int = 1337
     out_dir: str = ""
+    init_from: str = ""  # hf:DIR = start from an HF DeepseekV3/V2 directory's weights (and its architecture)
 
     def __post_init__(self) -> None:
+        _check(self.init_from == "" or (self.init_from.startswith("hf:") and len(self.init_from) > 3), "init_from",
+               f"{self.init_from!r}: give hf:DIR (a directory written by moe_lm.export, or a DeepseekV3/V2 one)")
         _check(isinstance(self.data, DataConfig), "data",
                "choose a data group, e.g. data=overfit_100_lines or data=domains")
         _check(self.data.seq_len <= self.model.max_seq_len, "data.seq_len",
@@ -508,6 +511,22 @@ class InspectConfig:
         _check(bool(self.ckpt), "ckpt", "required, e.g. ckpt=runs/overfit_100_lines/checkpoints/final.ckpt")
         _check(not (self.prompt and self.prompt_file), "prompt_file", "give prompt= or prompt_file=, not both")
         _check(self.top > 0, "top", "must be > 0")
+
+
+@dataclass
+class ExportConfig:
+    """`python -m moe_lm.export`: conf/export.yaml (moe_lm/inference/hf_dir.py)."""
+
+    ckpt: str = ""
+    out: str = ""
+    dtype: str = "float32"  # float32 | bfloat16 | float16: the dtype of the exported weights
+    max_shard_mb: int = 2000  # weights above this are split into model-0000i-of-0000n.safetensors + an index
+
+    def __post_init__(self) -> None:
+        _check(bool(self.ckpt), "ckpt", "required, e.g. ckpt=runs/overfit_100_lines/checkpoints/final.ckpt")
+        _check(bool(self.out), "out", "required: the directory to write, e.g. out=runs/export/moe_100m")
+        _one_of(self.dtype, "dtype", ("float32", "bfloat16", "float16"))
+        _check(self.max_shard_mb > 0, "max_shard_mb", "must be > 0")
 
 
 @dataclass
@@ -612,7 +631,7 @@ class EvaluateConfig:
 # The primary config of each command, and the schemas the `data` group's YAMLs name in their defaults.
 SCHEMAS = {"train_schema": TrainConfig, "generate_schema": GenerateConfig, "inspect_schema": InspectConfig,
            "report_schema": ReportConfig, "plan_schema": PlanConfig, "scaling_schema": ScalingConfig,
-           "evaluate_schema": EvaluateConfig}
+           "evaluate_schema": EvaluateConfig, "export_schema": ExportConfig}
 DATA_SCHEMAS = {"lines_schema": LinesDataConfig, "domains_schema": DomainsDataConfig}
 
 

@@ -50,6 +50,16 @@ def train_bpe(texts: Iterable[str], vocab_size: int, special_tokens: list[str] |
     return tok
 
 
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """A tokenizer.json as moe_lm uses it: encode() adds no token (callers prepend <|endoftext|> themselves), also
+    for an exported one, whose post-processor prepends it for HF users."""
+    import json
+
+    spec = json.loads(Path(path).read_text(encoding="utf-8"))
+    spec["post_processor"] = None
+    return Tokenizer.from_str(json.dumps(spec))
+
+
 def tokenizer_hash(tok: Tokenizer) -> str:
     return hashlib.sha256(tok.to_str().encode()).hexdigest()[:16]
 

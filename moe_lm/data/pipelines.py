@@ -25,32 +25,39 @@ def check_vocab(tok: Tokenizer, cfg: TrainConfig) -> Tokenizer:
     return tok
 
 
-def lines_pipeline(cfg: TrainConfig, out_dir: Path) -> tuple[Tokenizer, L.LightningDataModule]:
+def lines_pipeline(cfg: TrainConfig, out_dir: Path, given: Tokenizer | None) -> tuple[Tokenizer, L.LightningDataModule]:
     from moe_lm.data.text_lines import TextLinesDataModule, read_lines
     from moe_lm.data.bpe import train_bpe
 
-    tok = check_vocab(train_bpe(read_lines(cfg.data.path), cfg.data.tokenizer_vocab_size), cfg)
+    tok = check_vocab(given or train_bpe(read_lines(cfg.data.path), cfg.data.tokenizer_vocab_size), cfg)
     tok.save(str(out_dir / "tokenizer.json"))
     return tok, TextLinesDataModule(cfg.data, tok, cfg.seed, cfg.trainer.accumulate_grad_batches)
 
 
-def domains_pipeline(cfg: TrainConfig, out_dir: Path) -> tuple[Tokenizer, L.LightningDataModule]:
+def domains_pipeline(cfg: TrainConfig, out_dir: Path, given: Tokenizer | None) -> tuple[Tokenizer, L.LightningDataModule]:
     from moe_lm.data.shard_writer import prepare
     from moe_lm.data.shards import DomainDataModule
-    from moe_lm.data.bpe import save_tokenizer, train_domain_tokenizer
+    from moe_lm.data.bpe import load_tokenizer, save_tokenizer, tokenizer_hash, train_domain_tokenizer
 
     tok_path = Path(cfg.prepare.tokenizer)
     if not tok_path.is_file():
+        if given is not None:
+            raise ConfigError(f"prepare.tokenizer: {tok_path} does not exist; with init_from, tokenise the data with "
+                              f"the model's tokenizer: prepare.tokenizer={cfg.init_from.removeprefix('hf:')}/tokenizer.json")
         save_tokenizer(*train_domain_tokenizer(cfg.data, cfg.tokenizer), tok_path)
-    tok = check_vocab(Tokenizer.from_file(str(tok_path)), cfg)
+    tok = check_vocab(load_tokenizer(tok_path), cfg)
+    if given is not None and tokenizer_hash(tok) != tokenizer_hash(given):
+        raise ConfigError(f"prepare.tokenizer: {tok_path} is not the tokenizer of init_from={cfg.init_from}; use its "
+                          f"tokenizer.json (and shards prepared with it)")
     prepare(cfg)  # idempotent: finished domains are skipped
     data = cfg.data if cfg.routing.warm_start != "none" else dataclasses.replace(cfg.data, round_robin_steps=0)
     return tok, DomainDataModule(data, cfg.seed, cfg.trainer.accumulate_grad_batches)
 
 
-def build_data(cfg: TrainConfig, out_dir: Path) -> tuple[Tokenizer, L.LightningDataModule]:
+def build_data(cfg: TrainConfig, out_dir: Path, tok: Tokenizer | None = None) -> tuple[Tokenizer, L.LightningDataModule]:
+    """`tok`: the tokenizer the model comes with (init_from); the data must use it."""
     if isinstance(cfg.data, LinesDataConfig):
-        return lines_pipeline(cfg, out_dir)
+        return lines_pipeline(cfg, out_dir, tok)
     if isinstance(cfg.data, DomainsDataConfig):
-        return domains_pipeline(cfg, out_dir)
+        return domains_pipeline(cfg, out_dir, tok)
     raise ConfigError(f"data: unknown data config {type(cfg.data).__name__}")

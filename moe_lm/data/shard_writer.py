@@ -29,13 +29,12 @@ from typing import Any, Iterator
 
 import numpy as np
 from rich.progress import Progress
-from tokenizers import Tokenizer
 
 from moe_lm.config import ConfigError, DomainConfig, DomainsDataConfig, TrainConfig
 from moe_lm.data.files import DirectoryLock, write_json_atomic
 from moe_lm.data.formatters import Skip, format_records
 from moe_lm.data.sources import iter_source
-from moe_lm.data.bpe import eot_id, tokenizer_hash
+from moe_lm.data.bpe import eot_id, load_tokenizer, tokenizer_hash
 from moe_lm.data.encoding import Encoder, batched
 
 SPLITS = ("train", "val")
@@ -231,7 +230,7 @@ def prepare(cfg: TrainConfig) -> dict[str, dict[str, Any]]:
     tok_path = Path(cfg.prepare.tokenizer)
     if not tok_path.is_file():
         raise FileNotFoundError(f"prepare.tokenizer: no such file: {tok_path} (train one: python -m moe_lm.tokenizer)")
-    tok = Tokenizer.from_file(str(tok_path))
+    tok = load_tokenizer(tok_path)
     with DirectoryLock(Path(cfg.prepare.out), "prepare.out", "prepare"), Progress() as progress, \
             Encoder(tok, cfg.prepare.workers) as encoder:
         return {name: prepare_domain(cfg, name, encoder, progress) for name in cfg.data.domains}

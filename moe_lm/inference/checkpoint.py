@@ -22,6 +22,9 @@ class CheckpointError(ValueError):
 def read_checkpoint(path: str | Path, key: str = "ckpt", map_location: Any = "cpu") -> dict[str, Any]:
     """torch.load with weights_only=True; `key` is the setting that named the file (ckpt, checkpoint.resume)."""
     p = Path(path)
+    if p.is_dir():
+        raise CheckpointError(f"{key}: {p} is a directory without config.json: neither a checkpoint file nor an "
+                              f"exported model directory")
     if not p.is_file():
         raise FileNotFoundError(f"{key}: no such checkpoint: {p}")
     try:
@@ -53,7 +56,13 @@ def model_config_from(saved: dict[str, Any], key: str = "ckpt") -> ModelConfig:
 
 
 def load_model(path: str | Path, device: str = "cpu") -> tuple[MoETransformer, Tokenizer | None, dict[str, Any]]:
-    """(model in eval mode, tokenizer or None, the run's config as a dict)."""
+    """(model in eval mode, tokenizer or None, the run's config as a dict) from a checkpoint file or a model
+    directory (`moe_lm.export`'s, or a compatible HF DeepseekV3/V2 one: its config then holds only `model`)."""
+    from moe_lm.inference.hf_dir import is_hf_dir, load_hf_dir
+
+    if is_hf_dir(path):
+        model, tok, model_cfg = load_hf_dir(path)
+        return model.to(device).eval(), tok, {"model": dataclasses.asdict(model_cfg)}
     ckpt = load_checkpoint(path)
     cfg = ckpt["moe_lm_config"]
     model = MoETransformer(model_config_from(cfg["model"]))

@@ -27,6 +27,7 @@ from moe_lm.data.pipelines import build_data
 from moe_lm.model.counting import param_breakdown, train_flops_per_token
 from moe_lm.training.callbacks import FirstBatchPrinter, HeldoutEval, LossCurve, StepProgressBar, Throughput
 from moe_lm.training.checkpointing import AtomicCheckpointIO, RunState, SaveOnSignal, StepCheckpoint, resolve_resume
+from moe_lm.training.init_from import load_init_weights, resolve_init
 from moe_lm.training.lit_module import MoELitModule
 from moe_lm.training.loggers import build_loggers
 from moe_lm.training.routing_monitor import RoutingMonitor
@@ -133,9 +134,12 @@ def fit(cfg: TrainConfig, out: Path, ckpt_path: str | None, experiment: str = ""
     quiet_known_warnings()
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
-    tok, dm = build_data(cfg, out)
+    cfg, init_tok = resolve_init(cfg)
+    tok, dm = build_data(cfg, out, init_tok)
     domains = list(getattr(dm, "names", ()))
     module = MoELitModule(cfg, tok, domains, [cfg.data.domains[d].expert for d in domains])
+    if cfg.init_from and not ckpt_path:
+        load_init_weights(module.model, cfg)
     if cfg.trainer.compile:
         module.model.compile()
     callbacks = build_callbacks(cfg, out, module, tok, experiment)
