@@ -20,6 +20,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from tokenizers import Tokenizer
 
 from moe_lm.config import TrainConfig
 from moe_lm.data.files import DirectoryLock, write_json_atomic
@@ -120,6 +121,7 @@ def launching_process() -> bool:
 
 def train(cfg: TrainConfig, out_dir: str | Path, experiment: str = "") -> dict[str, Any]:
     """Train under a lock on the run directory (and on checkpoint.dir): a second run there fails at once."""
+    cfg, init_tok = resolve_init(cfg)  # a bad init_from fails before anything is written
     out, ckdir = Path(out_dir), checkpoint_dir(cfg, Path(out_dir))
     out.mkdir(parents=True, exist_ok=True)
     with ExitStack() as locks:
@@ -127,14 +129,15 @@ def train(cfg: TrainConfig, out_dir: str | Path, experiment: str = "") -> dict[s
             locks.enter_context(DirectoryLock(out, "out_dir", "training run"))
             if not ckdir.resolve().is_relative_to(out.resolve()):
                 locks.enter_context(DirectoryLock(ckdir, "checkpoint.dir", "training run"))
-        return fit(cfg, out, resolve_resume(cfg.checkpoint.resume, ckdir), experiment)
+        return fit(cfg, out, resolve_resume(cfg.checkpoint.resume, ckdir), experiment, init_tok)
 
 
-def fit(cfg: TrainConfig, out: Path, ckpt_path: str | None, experiment: str = "") -> dict[str, Any]:
+def fit(cfg: TrainConfig, out: Path, ckpt_path: str | None, experiment: str = "",
+        init_tok: Tokenizer | None = None) -> dict[str, Any]:
+    """`init_tok`: the tokenizer of init_from's directory (resolve_init), which the data must use."""
     quiet_known_warnings()
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
-    cfg, init_tok = resolve_init(cfg)
     tok, dm = build_data(cfg, out, init_tok)
     domains = list(getattr(dm, "names", ()))
     module = MoELitModule(cfg, tok, domains, [cfg.data.domains[d].expert for d in domains])

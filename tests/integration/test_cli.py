@@ -9,7 +9,8 @@ import pytest
 
 from moe_lm.cli import COMMAND_CONFIG, compose, split_text_args
 
-COMMANDS = ["train", "generate", "inspect", "params", "tokenizer", "prepare", "report", "plan", "scaling", "evaluate"]
+COMMANDS = ["train", "generate", "inspect", "params", "tokenizer", "prepare", "report", "plan", "scaling", "evaluate",
+            "export"]
 TWO_LINES = ("the quick brown fox jumps over the lazy dog while seven wizards quietly juggle boxes.\n"
              "Question: pack my box with five dozen liquor jugs, then sphinx of black quartz judge my vow.\n")
 
@@ -21,7 +22,7 @@ def run(module: str, *args: str, **kw) -> subprocess.CompletedProcess:
 HELP_SHOWS = {  # a key with its default that each command's --help must list
     "train": "max_steps: 1000", "generate": "max_new_tokens: 128", "inspect": "top: 5", "params": "n_layers: 12",
     "tokenizer": "vocab_size: 32000", "prepare": "val_fraction: 0.01", "report": "dir: ''", "plan": "hours: 10.0",
-    "scaling": "bootstrap: 200", "evaluate": "stride: 0"}
+    "scaling": "bootstrap: 200", "evaluate": "stride: 0", "export": "max_shard_mb: 2000"}
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -47,6 +48,11 @@ def test_every_command_has_help_with_its_keys_and_an_example(command):
     ("params", ["model.top_k=9"], "model.top_k"),
     ("prepare", ["prepare.tokenizer=/nonexistent.json", "data=domains"], "prepare.tokenizer"),
     ("tokenizer", [], "data"),  # the overfit data group has no domains
+    ("export", ["out=/tmp/x"], "ckpt"),
+    ("export", ["ckpt=/nonexistent.ckpt", "out=/tmp/x"], "ckpt"),
+    ("export", ["ckpt=x.ckpt", "out=/tmp/x", "dtype=int8"], "dtype"),
+    ("train", ["init_from=/some/dir"], "init_from"),
+    ("train", ["init_from=hf:/nonexistent/dir", "trainer.max_steps=1"], "init_from"),
 ])
 def test_bad_input_is_one_line_naming_the_key(command, args, key):
     r = run(command, *args)

@@ -1,0 +1,87 @@
+"""`python -m moe_lm.export` as a user runs it, on a trained checkpoint: the directory, its model card, every
+command reading it back (generate, evaluate, train init_from=hf:DIR), and errors that write nothing."""
+
+import csv
+import json
+
+import pytest
+
+from tests.integration.test_cli import TWO_LINES, run
+
+
+@pytest.fixture(scope="module")
+def trained_sigmoid(tmp_path_factory):
+    """moe_tiny with DeepSeek-V3 routing (sigmoid, normalised top-k, aux-free bias) that memorised two lines."""
+    tmp = tmp_path_factory.mktemp("export_cli")
+    (tmp / "lines.txt").write_text(TWO_LINES)
+    run("train", "+experiment=overfit_100_lines", "model=moe_tiny", "model.scoring=sigmoid", "model.vocab_size=2048",
+        "precision=fp32", f"data.path={tmp / 'lines.txt'}", "data.sampling=lines", "data.batch_size=2",
+        "optimizer.lr=3e-3", "trainer.max_steps=200", "eval.reproduce_lines=2", "trainer.progress_bar=false",
+        f"out_dir={tmp}/run", f"hydra.run.dir={tmp}/hydra", check=True)
+    return tmp
+
+
+def test_export_writes_a_directory_every_command_reads_back(trained_sigmoid):
+    tmp = trained_sigmoid
+    ckpt, out = tmp / "run" / "checkpoints" / "final.ckpt", tmp / "hf"
+    r = run("export", f"ckpt={ckpt}", f"out={out}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["DeepseekV3ForCausalLM"]
+    card = (out / "README.md").read_text()
+    result = json.loads((tmp / "run" / "result.json").read_text())
+    assert "DeepseekV3ForCausalLM" in card and "200 optimizer steps of 2 x" in card
+    assert f"| lines reproduced (greedy, from 8-token prompts) | {result['reproduced']} |" in card
+    assert f"| train loss (full pass) | {result['train_loss_full_pass']:.4g} |" in card
+
+    prompt = ["prompt=Question: pack my box", "temperature=0", "max_new_tokens=40"]
+    from_ckpt = run("generate", f"ckpt={ckpt}", *prompt, check=True).stdout
+    from_dir = run("generate", f"ckpt={out}", *prompt, check=True).stdout
+    assert from_dir == from_ckpt and "five dozen liquor jugs" in from_dir
+
+    again = run("export", f"ckpt={ckpt}", f"out={out}")  # out exists and is not empty: refused, untouched
+    assert again.returncode == 2 and again.stderr.startswith("error: out:")
+    assert sorted(p.name for p in tmp.iterdir() if p.name.startswith((".hf", "hf"))) == ["hf"]
+
+
+@pytest.mark.slow
+def test_training_starts_from_an_exported_directory(trained_sigmoid):
+    tmp = trained_sigmoid
+    out = tmp / "hf_init"
+    run("export", f"ckpt={tmp / 'run' / 'checkpoints' / 'final.ckpt'}", f"out={out}", check=True)
+
+    def first_loss(*extra):
+        name = "init" if extra else "scratch"
+        r = run("train", "+experiment=overfit_100_lines", "model=moe_tiny", "model.vocab_size=2048", "precision=fp32",
+                f"data.path={tmp / 'lines.txt'}", "data.sampling=lines", "data.batch_size=2", "trainer.max_steps=2",
+                "trainer.log_every_n_steps=1", "eval.reproduce_lines=0", "trainer.progress_bar=false",
+                f"out_dir={tmp}/{name}", f"hydra.run.dir={tmp}/hydra_{name}", *extra)
+        assert r.returncode == 0, r.stderr[-2000:]
+        rows = list(csv.DictReader(open(next((tmp / name / "csv").rglob("metrics.csv")))))
+        return r.stdout, float(next(row["train/loss"] for row in rows if row.get("train/loss")))
+
+    stdout, init_loss = first_loss(f"init_from=hf:{out}")
+    assert "init_from: the architecture is" in stdout and "model.scoring=softmax->sigmoid" in stdout
+    _, scratch_loss = first_loss()
+    assert init_loss < 0.5 < 5.0 < scratch_loss  # the memorised lines, against a random init's ~ln(vocab)
+
+
+def test_export_refuses_a_softmax_normalised_checkpoint_naming_the_key(tmp_path, capsys):
+    import dataclasses
+
+    import torch
+
+    from moe_lm.cli import compose
+    from moe_lm.data.bpe import train_bpe
+    from moe_lm.export import cli
+    from moe_lm.model import MoETransformer
+
+    cfg = compose(["model=moe_tiny", "model.scoring=softmax", "model.norm_topk_prob=true"])
+    tok = train_bpe(TWO_LINES.splitlines(), 300)
+    state = {f"model.{k}": v for k, v in MoETransformer(cfg.model).state_dict().items()}
+    torch.save({"state_dict": state, "moe_lm_config": dataclasses.asdict(cfg), "tokenizer_json": tok.to_str()},
+               tmp_path / "x.ckpt")
+    with pytest.raises(SystemExit) as exit_:
+        cli([f"ckpt={tmp_path / 'x.ckpt'}", f"out={tmp_path / 'hf'}"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("error: model.norm_topk_prob:") and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.ckpt"]  # no directory, no temporary one
