@@ -296,9 +296,6 @@ class TrainerConfig:
     max_steps: int = 1000
     accumulate_grad_batches: int = 1
     accelerator: str = "auto"
-    devices: str = "auto"
-    num_nodes: int = 1
-    strategy: str = "auto"
     # recompute each block's activations in the backward pass: less memory, one more forward pass per step
     gradient_checkpointing: bool = False
     # the LM head and cross-entropy that many tokens at a time, never holding all logits (0 = all at once)
@@ -318,10 +315,31 @@ class TrainerConfig:
         _check(self.val_check_interval is None or self.val_check_interval > 0, "trainer.val_check_interval",
                "must be > 0 (optimizer steps between validations) or null (no validation)")
         _check(self.log_every_n_steps > 0, "trainer.log_every_n_steps", "must be > 0")
-        _check(self.num_nodes > 0, "trainer.num_nodes", "must be > 0")
         _check(self.limit_val_batches >= 0, "trainer.limit_val_batches", "must be >= 0")
         _check(self.ce_chunk_size >= 0, "trainer.ce_chunk_size", "must be >= 0 (0 = no chunks)")
         _one_of(self.accelerator, "trainer.accelerator", ("auto", "cpu", "gpu", "cuda", "mps", "tpu"))
+
+
+@dataclass
+class StrategyConfig:
+    """How many processes train and how they share the work (conf/strategy/, moe_lm/training/distributed.py)."""
+
+    name: str = "single"  # single: one process | ddp: a model copy per process | fsdp: sharded per transformer block
+    devices: str = "auto"  # processes per node: a number, or auto (every GPU; ddp/fsdp on CPU need a number)
+    num_nodes: int = 1
+
+    def __post_init__(self) -> None:
+        _one_of(self.name, "strategy.name", ("single", "ddp", "fsdp"))
+        _check(self.devices == "auto" or (self.devices.isdigit() and int(self.devices) > 0), "strategy.devices",
+               f"auto or a number of processes > 0, got {self.devices!r}")
+        _check(self.num_nodes > 0, "strategy.num_nodes", "must be > 0")
+        _check(self.name != "single" or (self.devices in ("auto", "1") and self.num_nodes == 1), "strategy.devices",
+               "strategy=single runs one process; use strategy=ddp or strategy=fsdp for more")
+
+    @property
+    def world_size(self) -> Optional[int]:
+        """Processes in all, where the config says (None: devices=auto, known once Lightning counts the GPUs)."""
+        return 1 if self.name == "single" else None if self.devices == "auto" else int(self.devices) * self.num_nodes
 
 
 @dataclass
@@ -421,6 +439,7 @@ class TrainConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
@@ -437,6 +456,12 @@ class TrainConfig:
                f"{self.init_from!r}: give hf:DIR (a directory written by moe_lm.export, or a DeepseekV3/V2 one)")
         _check(isinstance(self.data, DataConfig), "data",
                "choose a data group, e.g. data=overfit_100_lines or data=domains")
+        if self.strategy.name != "single":
+            _check(isinstance(self.data, DomainsDataConfig), "strategy",
+                   f"{self.strategy.name} needs the multi-domain data (data=domains); the lines data runs in one process")
+            world = self.strategy.world_size
+            _check(world is None or self.data.batch_size % world == 0, "data.batch_size",
+                   f"{self.data.batch_size} is the global batch; it must divide evenly over {world} processes")
         _check(self.data.seq_len <= self.model.max_seq_len, "data.seq_len",
                f"{self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}")
         if self.routing.warm_start == "guided":

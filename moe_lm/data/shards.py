@@ -64,13 +64,19 @@ def to_batch(windows: list[np.ndarray], domains: np.ndarray, batch_id: int) -> d
 
 
 class PlannedBatches(Dataset):
-    """Item k is the whole training batch k."""
+    """Item k is training batch k, or with several processes this process's rows of it (`rank` of `world`
+    contiguous equal shares): the global batch, and so the data order, do not depend on the number of processes."""
 
-    def __init__(self, shards: _Shards, plan: BatchPlan) -> None:
+    def __init__(self, shards: _Shards, plan: BatchPlan, rank: int = 0, world: int = 1) -> None:
+        if plan.cfg.batch_size % world:
+            raise ConfigError(f"data.batch_size: {plan.cfg.batch_size} is the global batch; it must divide evenly "
+                              f"over {world} processes")
         self.shards, self.plan = shards, plan
+        share = plan.cfg.batch_size // world
+        self.rows = slice(rank * share, (rank + 1) * share)
 
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
-        domains, starts = self.plan.batch(k)
+        domains, starts = (a[self.rows] for a in self.plan.batch(k))
         return to_batch([self.shards.window(int(d), int(s), self.plan.width) for d, s in zip(domains, starts)],
                         domains, k)
 
@@ -102,7 +108,9 @@ class DomainDataModule(L.LightningDataModule):
         self.plan = BatchPlan(cfg, [m["tokens"]["train"] for m in self.metas.values()], seed, accumulate)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(PlannedBatches(self.train_shards, self.plan), batch_size=None,
+        trainer = self.trainer  # None outside a Trainer (tests): one process
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        return DataLoader(PlannedBatches(self.train_shards, self.plan, rank, world), batch_size=None,
                           sampler=CountFrom(self.consumed), num_workers=self.cfg.num_workers,
                           persistent_workers=self.cfg.num_workers > 0)
 

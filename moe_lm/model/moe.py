@@ -10,7 +10,7 @@ Names follow HF transformers' DeepseekV3MoE: `gate.weight` (E, D), `gate.e_score
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -210,6 +210,9 @@ class MoE(nn.Module):
             self.shared_experts.down_proj.weight.is_residual_proj = True
         # Token slots per expert since the last bias update (summed over micro-batches).
         self.register_buffer("tokens_per_expert", torch.zeros(cfg.n_routed_experts), persistent=False)
+        # With several processes, the trainer sets this to the mean over processes, so that the balance loss sees
+        # the global batch's expert loads (each process holds an equal share of its tokens); None: this batch only.
+        self.counts_reducer: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
 
     @torch.no_grad()
     def record_load(self, counts: torch.Tensor) -> None:
@@ -237,7 +240,11 @@ class MoE(nn.Module):
         zero = x.new_zeros((), dtype=torch.float32)
         if not self.training:  # decoding and evaluation need no balance losses: keep them off that path
             return y.view(shape), MoEStats(zero, zero, counts, r.topk_idx, r.topk_weight, zero, r.logits)
-        aux = load_balance_loss(r.scores, counts, K, self.cfg.scoring, mask) if self.cfg.use_aux_loss else zero
+        if self.cfg.use_aux_loss:
+            loads = counts if self.counts_reducer is None else self.counts_reducer(counts)
+            aux = load_balance_loss(r.scores, loads, K, self.cfg.scoring, mask)
+        else:
+            aux = zero
         z = router_z_loss(r.logits, mask) if self.cfg.use_z_loss else zero
         with torch.no_grad():
             p = r.scores / r.scores.sum(-1, keepdim=True)

@@ -105,10 +105,13 @@ class StepCheckpoint(ModelCheckpoint):
 
 
 class SaveOnSignal(L.Callback):
-    """On SIGTERM/SIGINT: finish the current optimizer step (all its micro-batches), save `last.ckpt`, stop."""
+    """On SIGTERM/SIGINT: finish the current optimizer step (all its micro-batches), save `last.ckpt`, stop. With
+    several processes a signal to any of them stops all of them at the same step (they agree at every step
+    boundary), and all take part in the save."""
 
     def __init__(self, path: Path) -> None:
         self.path, self.received = path, None
+        self.stopped_by: int | None = None  # the signal every process stopped for
         self._previous: dict[int, Any] = {}
         self.boundary = StepBoundary()
 
@@ -121,9 +124,16 @@ class SaveOnSignal(L.Callback):
             self._previous[sig] = signal.signal(sig, self._handler)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.boundary.reached(trainer) and self.received is not None:
+        if not self.boundary.reached(trainer):
+            return
+        signum = self.received or 0
+        if trainer.world_size > 1:  # the largest signal number any process received (0: none)
+            flag = torch.tensor(signum, device=pl_module.device)
+            signum = int(trainer.strategy.reduce(flag, reduce_op=torch.distributed.ReduceOp.MAX))
+        if signum:
+            self.stopped_by = signum
             trainer.save_checkpoint(str(self.path), weights_only=False)
-            pl_module.print(f"signal {signal.Signals(self.received).name}: saved {self.path}, stopping")
+            pl_module.print(f"signal {signal.Signals(signum).name}: saved {self.path}, stopping")
             trainer.should_stop = True
 
     def on_train_end(self, trainer, pl_module) -> None:

@@ -43,6 +43,13 @@ class MoELitModule(L.LightningModule):
     def forward(self, input_ids: torch.Tensor):
         return self.model(input_ids)
 
+    def on_fit_start(self) -> None:
+        if self.trainer.world_size > 1:  # the balance loss sees the global batch's expert loads
+            from moe_lm.training.distributed import mean_over_processes
+
+            for moe in self.model.moe_layers():
+                moe.counts_reducer = mean_over_processes
+
     def _step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         """(loss to optimise, cross-entropy over valid targets, detached routing tensors for the callbacks)."""
         targets = batch["targets"]
@@ -73,8 +80,9 @@ class MoELitModule(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, Any]:
         loss, ce, routing = self._step(batch)
         self.step_loss = loss.detach() + self.step_loss  # checked for finiteness once per optimizer step, no sync here
+        # with several processes, the mean over them: the global batch's loss (its shares hold equal token counts)
         self.log_dict({"train/loss": ce.detach(), "train/ppl": ce.detach().exp(), "train/aux_loss": routing["aux_loss"],
-                       "train/z_loss": routing["z_loss"]})
+                       "train/z_loss": routing["z_loss"]}, sync_dist=self.trainer.world_size > 1)
         self.log("loss", ce.detach(), prog_bar=True, logger=False)
         return {"loss": loss, **routing}
 
@@ -111,6 +119,20 @@ class MoELitModule(L.LightningModule):
                 f"weights. "
                 f"Lower optimizer.lr (now {self.cfg.optimizer.lr:g}) or set optimizer.grad_clip")
         self.step_loss = torch.zeros_like(self.step_loss)
+
+    def on_train_end(self) -> None:
+        """With several processes the router biases must be equal everywhere (each applies the same summed-load
+        update); checked once at the end, since a silent divergence would route tokens differently per process."""
+        if self.trainer.world_size == 1:
+            return
+        for moe in self.model.moe_layers():
+            bias = moe.gate.e_score_correction_bias
+            high, low = bias.clone(), bias.clone()
+            torch.distributed.all_reduce(high, op=torch.distributed.ReduceOp.MAX)
+            torch.distributed.all_reduce(low, op=torch.distributed.ReduceOp.MIN)
+            if not torch.equal(high, low):
+                raise RuntimeError(f"router biases differ between processes by {(high - low).abs().max():.3g}")
+        self.print(f"router biases equal in all {self.trainer.world_size} processes")
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)

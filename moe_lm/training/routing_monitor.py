@@ -19,6 +19,7 @@ import torch
 from moe_lm.eval.routing import domain_expert_counts, routing_stats, shares
 from moe_lm.eval.specialisation import specialisation_metrics
 from moe_lm.training.callbacks import at_optimizer_step, is_log_step
+from moe_lm.training.distributed import sum_over_processes
 
 
 class RoutingMonitor(L.Callback):
@@ -37,15 +38,16 @@ class RoutingMonitor(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs: Any, batch, batch_idx) -> None:
         if outputs.get("expert_counts") is None or not at_optimizer_step(trainer, batch_idx) or not is_log_step(trainer):
             return
-        s = routing_stats(outputs["expert_counts"])
+        s = routing_stats(sum_over_processes(outputs["expert_counts"]))  # the global batch's loads
         metrics = {"moe/load_cv": s["load_cv"], "moe/max_violation": s["max_violation"],
                    "moe/dead_experts": s["dead_experts"].float(), "moe/router_entropy": outputs["router_entropy"]}
         metrics.update({f"moe/expert_load/layer{layer + self.first}/expert{e}": frac
                         for layer, row in enumerate(s["load"]) for e, frac in enumerate(row)})
         if self.domains and "domain" in batch:
-            frac = shares(self._domain_counts(outputs, batch).sum(0))  # (D, E), all MoE layers together
+            counts = sum_over_processes(self._domain_counts(outputs, batch).sum(0))  # (D, E), all MoE layers together
+            frac = shares(counts)
             metrics.update({f"moe/domain_load/{self.domains[d]}/expert{e}": frac[d, e]
-                            for d in batch["domain"].unique().tolist() for e in range(self.E)})
+                            for d in counts.sum(-1).nonzero().flatten().tolist() for e in range(self.E)})
         pl_module.log_dict(metrics)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs: Any, batch, batch_idx, dataloader_idx=0) -> None:

@@ -28,6 +28,7 @@ from moe_lm.data.pipelines import build_data
 from moe_lm.model.counting import param_breakdown, train_flops_per_token
 from moe_lm.training.callbacks import FirstBatchPrinter, HeldoutEval, LossCurve, StepProgressBar, Throughput
 from moe_lm.training.checkpointing import AtomicCheckpointIO, RunState, SaveOnSignal, StepCheckpoint, resolve_resume
+from moe_lm.training.distributed import lightning_strategy
 from moe_lm.training.init_from import load_init_weights, resolve_init
 from moe_lm.training.lit_module import MoELitModule
 from moe_lm.training.loggers import build_loggers
@@ -72,9 +73,10 @@ def build_callbacks(cfg: TrainConfig, out_dir: Path, module: MoELitModule, tok,
 def build_trainer(cfg: TrainConfig, out_dir: Path, callbacks: list[L.Callback], resume_from: str | None) -> L.Trainer:
     t = cfg.trainer
     validate = t.val_check_interval is not None
+    strategy, devices, num_nodes = lightning_strategy(cfg)
     return L.Trainer(
-        max_steps=t.max_steps, max_epochs=-1, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
-        strategy=t.strategy,
+        max_steps=t.max_steps, max_epochs=-1, accelerator=t.accelerator, devices=devices, num_nodes=num_nodes,
+        strategy=strategy, use_distributed_sampler=False,  # each process takes its rows of the planned batch
         precision=cfg.precision.lightning, accumulate_grad_batches=t.accumulate_grad_batches,
         log_every_n_steps=t.log_every_n_steps,
         val_check_interval=t.val_check_interval * t.accumulate_grad_batches if validate else None,
@@ -94,13 +96,23 @@ def quiet_known_warnings() -> None:
 
 
 def save_artefacts(trainer: L.Trainer, module: MoELitModule, cfg: TrainConfig, out: Path) -> None:
-    """`last.ckpt` (what checkpoint.resume=auto picks up), `final.ckpt` beside it, and the weights as safetensors."""
-    from safetensors.torch import save_model
+    """`last.ckpt` (what checkpoint.resume=auto picks up), `final.ckpt` beside it, and the weights as safetensors.
+    Every process calls this (a checkpoint save is collective: FSDP gathers the shards); the first one writes."""
+    from safetensors.torch import save_file, save_model
 
     ckdir = checkpoint_dir(cfg, out)
     for name in ("last.ckpt", "final.ckpt"):
         trainer.save_checkpoint(str(ckdir / name), weights_only=False)
-    save_model(module.model, str(out / "model.safetensors"))
+    if cfg.strategy.name != "fsdp":
+        if trainer.is_global_zero:
+            save_model(module.model, str(out / "model.safetensors"))
+        return
+    state = trainer.strategy.lightning_module_state_dict()  # the full weights, gathered to the first process
+    if trainer.is_global_zero:
+        weights = {k.removeprefix("model."): v.contiguous() for k, v in state.items() if k.startswith("model.")}
+        if cfg.model.tie_embeddings:
+            weights.pop("lm_head.weight", None)
+        save_file(weights, str(out / "model.safetensors"))
 
 
 def record_config(trainer: L.Trainer, cfg: TrainConfig, out: Path) -> None:
@@ -153,22 +165,26 @@ def fit(cfg: TrainConfig, out: Path, ckpt_path: str | None, experiment: str = ""
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     result = summary(cfg, trainer, module, time.perf_counter() - t0, next(c for c in callbacks if isinstance(c, LossCurve)))
-    stopped = next(c for c in callbacks if isinstance(c, SaveOnSignal)).received
-    if not trainer.is_global_zero or cfg.trainer.fast_dev_run:
+    stopped = next(c for c in callbacks if isinstance(c, SaveOnSignal)).stopped_by  # the same in every process
+    if cfg.trainer.fast_dev_run:
         return result
     if stopped is not None:  # last.ckpt is saved; the run is not finished, so no final artefacts
         result["stopped_by"] = signal.Signals(stopped).name
-        print(f"stopped by {result['stopped_by']} at step {result['steps']} of {cfg.trainer.max_steps}; "
-              f"continue with checkpoint.resume=auto")
+        if trainer.is_global_zero:
+            print(f"stopped by {result['stopped_by']} at step {result['steps']} of {cfg.trainer.max_steps}; "
+                  f"continue with checkpoint.resume=auto")
     else:
         save_artefacts(trainer, module, cfg, out)
+        if not trainer.is_global_zero:
+            return result
         print(f"train loss {result.get('final_train_loss', float('nan')):.4f} (last batch) after {result['steps']} "
               f"steps in {result['wall_s']:.0f} s; artefacts in {out}")
         if cfg.eval.reproduce_lines > 0:
             from moe_lm.eval.overfit import overfit_report
 
             result.update(overfit_report(module.model, dm, tok, cfg.eval))
-    write_json_atomic(out / "result.json", result)
+    if trainer.is_global_zero:
+        write_json_atomic(out / "result.json", result)
     return result
 
 

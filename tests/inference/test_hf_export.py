@@ -206,3 +206,22 @@ def test_refusals_name_the_key_and_write_nothing(tmp_path, chat_tok, make_model_
     (tmp_path / "llama" / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(ConfigError, match="model_type 'llama'"):
         load_hf_dir(tmp_path / "llama")
+
+
+@pytest.mark.slow
+def test_moe_100m_exports_exactly(tmp_path, chat_tok):
+    """The full-size config (random weights, a moved bias): from_pretrained's logits equal ours to 1e-4."""
+    from moe_lm.cli import compose
+
+    cfg = compose(["model=moe_100m", "model.scoring=sigmoid"]).model  # 32k vocab; the text uses the first 600 ids
+    torch.manual_seed(0)
+    model = MoETransformer(cfg).eval()
+    for moe in model.moe_layers():
+        moe.gate.e_score_correction_bias.normal_(0, 0.05)
+    write_hf_dir(model, cfg, chat_tok, tmp_path / "m", "card")
+    hf, info = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "m", output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"))
+    text = torch.tensor([[0] + chat_tok.encode(" ".join(LINES[:4])).ids[:200]])
+    with torch.no_grad():
+        for x in (torch.randint(0, cfg.vocab_size, (2, 64)), text):
+            torch.testing.assert_close(hf.eval()(x).logits, model(x).logits, atol=1e-4, rtol=1e-4)

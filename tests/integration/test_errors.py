@@ -40,7 +40,7 @@ CASES = [  # command, arguments ({t} = the files fixture's directory), what the 
     ("params", ["model.top_k=9"], "model.top_k"),
     ("params", ["bogus=1"], "bogus"),
     ("params", ["+trainer.nodes=2"], "trainer.nodes: not a setting of this command"),
-    ("params", ["+trainer.num_nodes=2"], "trainer.num_nodes: already a setting; write trainer.num_nodes=VALUE without +"),
+    ("params", ["+strategy.num_nodes=2"], "strategy.num_nodes: already a setting; write strategy.num_nodes=VALUE without +"),
     ("params", ["optimizer.lr=nan"], "optimizer.lr: must be a finite number"),
     ("params", ["scheduler.min_lr_ratio=inf"], "scheduler.min_lr_ratio"),
     ("params", ["trainer.val_check_interval=0"], "trainer.val_check_interval: must be > 0"),
