@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from moe_lm.config import TrainConfig
+from moe_lm.config import ConfigError, TrainConfig
 
 
 def lightning_strategy(cfg: TrainConfig) -> tuple[Any, Any, int]:
@@ -33,11 +33,24 @@ def lightning_strategy(cfg: TrainConfig) -> tuple[Any, Any, int]:
         impl = cfg.model.moe_impl
         loop = impl == "loop" or (impl == "auto" and cfg.precision.resolved != "bf16")
         return DDPStrategy(broadcast_buffers=False, find_unused_parameters=loop), devices, s.num_nodes
+    if not torch.cuda.is_available() or cfg.trainer.accelerator == "cpu":
+        raise ConfigError("strategy: fsdp runs on CUDA GPUs only (Lightning's FSDP strategy); on CPU use strategy=ddp")
     from lightning.pytorch.strategies import FSDPStrategy
 
     from moe_lm.model.block import Block
 
     return FSDPStrategy(auto_wrap_policy={Block}, sharding_strategy="FULL_SHARD"), devices, s.num_nodes
+
+
+def clip_grad_norm(module, max_norm: float) -> torch.Tensor:
+    """The global gradient norm, clipped to max_norm: FSDP's own method where parameters are sharded (each process
+    holds a slice of each gradient), torch's otherwise."""
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    wrapped = module.trainer.strategy.model
+    if isinstance(wrapped, FullyShardedDataParallel):
+        return wrapped.clip_grad_norm_(max_norm)
+    return torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)
 
 
 def mean_over_processes(t: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,7 @@ from moe_lm.data.text_lines import IGNORE_INDEX
 from moe_lm.errors import NonFiniteError
 from moe_lm.model import MoETransformer
 from moe_lm.training.checkpointing import check_architecture
+from moe_lm.training.distributed import clip_grad_norm, mean_over_processes
 from moe_lm.training.guidance import expert_targets, guided_coef, router_supervision_loss
 from moe_lm.training.optim import apply_current_settings, configure_optimizers
 
@@ -45,8 +46,6 @@ class MoELitModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         if self.trainer.world_size > 1:  # the balance loss sees the global batch's expert loads
-            from moe_lm.training.distributed import mean_over_processes
-
             for moe in self.model.moe_layers():
                 moe.counts_reducer = mean_over_processes
 
@@ -108,7 +107,7 @@ class MoELitModule(L.LightningModule):
     def on_before_optimizer_step(self, optimizer) -> None:
         # Clipped here rather than by the Trainer, whose AMP plugin refuses fused optimizers. Gradients are
         # already unscaled at this point for fp16 (the optimizer is not fused then).
-        norm = torch.nn.utils.clip_grad_norm_(self.parameters(), self.cfg.optimizer.grad_clip or float("inf"))
+        norm = clip_grad_norm(self, self.cfg.optimizer.grad_clip or float("inf"))
         self.log("train/grad_norm", norm)
         # fp16's grad scaler skips steps with inf gradients by design; a non-finite loss is never expected
         checked = self.step_loss if self.cfg.precision.resolved == "fp16" else self.step_loss + norm
