@@ -52,7 +52,7 @@ def test_readme_and_notebook_commands_compose(repo_root):
             line = line.replace(k, v)
         words = shlex.split(line)
         command = words[2].split(".")[1]
-        args = [w for w in words[3:] if not w.startswith(("-", "hydra.")) and "=" in w]
+        args = [w for w in words[3:] if not w.startswith(("-", "hydra.", "hydra/")) and "=" in w]  # hydra: not the job
         if "-m" in words:  # a sweep: each run takes one value of every comma list
             args = [re.sub(r"=([^,\[]+),\S+", r"=\1", a) for a in args]
         overrides, _ = split_text_args(args, ("prompt",))
