@@ -26,20 +26,20 @@ def prepared(tmp_path_factory, shared_data) -> Path:
     return tmp
 
 
-def cmd(tmp: Path, out: str, *extra: str) -> list[str]:
+def cmd(tmp: Path, out: str, *extra: str, accelerator: str = "cpu") -> list[str]:
     budgets = [f"data.domains.{d}.token_budget=20000" for d in DOMAINS]
     return [sys.executable, "-m", "moe_lm.train", "+experiment=domains_tiny", f"data.shards={tmp}/shards",
             f"prepare.out={tmp}/shards", f"prepare.tokenizer={tmp}/tok/tokenizer.json", *budgets,
             "data.seq_len=32", "data.batch_size=8", "data.round_robin_steps=4", "trainer.max_steps=10",
             "trainer.val_check_interval=null", "trainer.log_every_n_steps=1", "trainer.progress_bar=false",
-            "trainer.accelerator=cpu", f"out_dir={tmp}/{out}", f"hydra.run.dir={tmp}/{out}/hydra", *extra]
+            f"trainer.accelerator={accelerator}", f"out_dir={tmp}/{out}", f"hydra.run.dir={tmp}/{out}/hydra", *extra]
 
 
 DDP = ["strategy=ddp", "strategy.devices=2"]
 
 
-def train(tmp: Path, out: str, *extra: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    r = subprocess.run(cmd(tmp, out, *extra), capture_output=True, text=True, timeout=timeout)
+def train(tmp: Path, out: str, *extra: str, timeout: float = 300, accelerator: str = "cpu") -> subprocess.CompletedProcess:
+    r = subprocess.run(cmd(tmp, out, *extra, accelerator=accelerator), capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 
@@ -122,3 +122,12 @@ def test_sigterm_to_the_second_process_saves_and_ends_the_job(prepared):
     assert job.returncode == 0, output[-3000:]
     assert "signal SIGTERM: saved" in output and "continue with checkpoint.resume=auto" in output
     assert torch.load(prepared / "term" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] > 0
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="FSDP runs on CUDA only in Lightning, and its equivalence "
+                    "test needs 2 GPUs (fewer here)")
+def test_fsdp_on_two_gpus_reproduces_one_gpu(prepared):
+    train(prepared, "gpu1", "precision=fp32", accelerator="gpu")
+    r = train(prepared, "fsdp2", "precision=fp32", "strategy=fsdp", "strategy.devices=2", accelerator="gpu")
+    assert "biases equal in all 2 processes" in r.stdout
+    assert_same_run(prepared / "gpu1", prepared / "fsdp2")
