@@ -27,7 +27,7 @@ TINY = ["model=moe_tiny", "model.vocab_size=2048", "precision=fp32", "trainer.pr
 def shards_run(monkeypatch, fake_shards, tmp_path):
     """cfg(*overrides) for a run on the fake shards (no tokenizer, no prepare); extra callbacks via `extra`."""
     extra: list[L.Callback] = []
-    monkeypatch.setattr(run, "build_data", lambda cfg, out: (
+    monkeypatch.setattr(run, "build_data", lambda cfg, out, tok=None: (
         None, DomainDataModule(cfg.data, cfg.seed, cfg.trainer.accumulate_grad_batches)))
     build = run.build_callbacks
     monkeypatch.setattr(run, "build_callbacks", lambda *a: build(*a) + extra)

@@ -75,7 +75,7 @@ def test_loss_curve_covers_the_whole_run_across_a_resume_with_val_per_domain(tmp
     from moe_lm.data.shards import DomainDataModule
     from moe_lm.training import run
 
-    monkeypatch.setattr(run, "build_data", lambda cfg, out: (None, DomainDataModule(cfg.data, cfg.seed)))  # no tokenizer
+    monkeypatch.setattr(run, "build_data", lambda cfg, out, tok=None: (None, DomainDataModule(cfg.data, cfg.seed)))  # no tokenizer
     common = TINY + ["data=domains", f"data.shards={fake_shards}", f"prepare.out={fake_shards}", "data.seq_len=16",
                      "trainer.val_check_interval=2", "data.val_batches_per_domain=1", f"out_dir={tmp_path}/run",
                      "checkpoint.resume=auto"]
