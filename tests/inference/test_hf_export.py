@@ -225,3 +225,17 @@ def test_moe_100m_exports_exactly(tmp_path, chat_tok):
     with torch.no_grad():
         for x in (torch.randint(0, cfg.vocab_size, (2, 64)), text):
             torch.testing.assert_close(hf.eval()(x).logits, model(x).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_bfloat16_export_holds_the_rounded_weights(exported, tmp_path):
+    model, out = exported
+    back, tok, cfg = load_hf_dir(out)
+    write_hf_dir(back, cfg, tok, tmp_path / "bf16", "card", dtype="bfloat16")
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    assert (tmp_path / "bf16" / "model.safetensors").stat().st_size < 0.6 * (out / "model.safetensors").stat().st_size
+    rounded, _, _ = load_hf_dir(tmp_path / "bf16")
+    for name, t in model.state_dict().items():
+        if not name.endswith("tokens_per_expert"):
+            assert torch.equal(rounded.state_dict()[name], t.to(torch.bfloat16).float()), name
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "bf16")
+    assert hf.dtype == torch.bfloat16
