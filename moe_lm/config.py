@@ -54,7 +54,7 @@ class ModelConfig:
     n_routed_experts: int = 5
     moe_intermediate_size: int = 576
     top_k: int = 2
-    scoring: str = "softmax"  # softmax (DeepSeek-V2) | sigmoid (DeepSeek-V3)
+    scoring: str = "sigmoid"  # sigmoid (DeepSeek-V3; exports exactly) | softmax (DeepSeek-V2)
     norm_topk_prob: bool = True
     routed_scaling_factor: float = 1.0
     first_k_dense: int = 0  # the first k layers use a dense MLP

@@ -185,7 +185,7 @@ def test_an_hf_initialised_deepseek_imports_with_its_logits(kind, tmp_path, make
 def test_refusals_name_the_key_and_write_nothing(tmp_path, chat_tok, make_model_cfg, monkeypatch):
     import moe_lm.inference.hf_dir as hf_dir
 
-    softmax = make_model_cfg(vocab_size=chat_tok.get_vocab_size())  # softmax, normalised, with the bias
+    softmax = make_model_cfg(vocab_size=chat_tok.get_vocab_size(), scoring="softmax")  # normalised, with the bias
     with pytest.raises(ConfigError, match="model.norm_topk_prob"):
         write_hf_dir(MoETransformer(softmax), softmax, chat_tok, tmp_path / "a", "card")
     (tmp_path / "full").mkdir()

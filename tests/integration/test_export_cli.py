@@ -51,7 +51,8 @@ def test_training_starts_from_an_exported_directory(trained_sigmoid):
 
     def first_loss(*extra):
         name = "init" if extra else "scratch"
-        r = run("train", "+experiment=overfit_100_lines", "model=moe_tiny", "model.vocab_size=2048", "precision=fp32",
+        model = [] if extra else ["model=moe_tiny", "model.vocab_size=2048"]  # init: the directory's architecture
+        r = run("train", "+experiment=overfit_100_lines", *model, "precision=fp32",
                 f"data.path={tmp / 'lines.txt'}", "data.sampling=lines", "data.batch_size=2", "trainer.max_steps=2",
                 "trainer.log_every_n_steps=1", "eval.reproduce_lines=0", "trainer.progress_bar=false",
                 f"out_dir={tmp}/{name}", f"hydra.run.dir={tmp}/hydra_{name}", *extra)
@@ -60,7 +61,7 @@ def test_training_starts_from_an_exported_directory(trained_sigmoid):
         return r.stdout, float(next(row["train/loss"] for row in rows if row.get("train/loss")))
 
     stdout, init_loss = first_loss(f"init_from=hf:{out}")
-    assert "init_from: the architecture is" in stdout and "model.scoring=softmax->sigmoid" in stdout
+    assert "init_from: the architecture is" in stdout and "model.d_model=512->64" in stdout
     _, scratch_loss = first_loss()
     assert init_loss < 0.5 < 5.0 < scratch_loss  # the memorised lines, against a random init's ~ln(vocab)
 

@@ -8,7 +8,7 @@ import torch
 from moe_lm.cli import compose
 from moe_lm.config import ConfigError
 from moe_lm.data.shards import DomainDataModule, PlannedBatches
-from moe_lm.model.moe import MoE
+from moe_lm.model import MoETransformer
 from moe_lm.training.distributed import lightning_strategy
 
 
@@ -29,7 +29,7 @@ def test_the_balance_loss_on_global_loads_averages_to_the_global_batch_loss(make
     """Two halves of a batch, each with the other's expert counts folded in (what the all-reduce gives), have a mean
     aux loss and gradient equal to the whole batch's: what DDP's gradient averaging then computes."""
     cfg = make_model_cfg(scoring="sigmoid")
-    moe = MoE(cfg).train()
+    moe = MoETransformer(cfg).moe_layers()[0].train()  # initialised weights
     x = torch.randn(2, 16, cfg.d_model)
     whole_aux = moe(x)[1].aux_loss
     whole_grad = torch.autograd.grad(whole_aux, moe.gate.weight)[0]
