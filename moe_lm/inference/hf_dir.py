@@ -131,6 +131,8 @@ def write_hf_dir(model: MoETransformer, cfg: ModelConfig, tok: Tokenizer, out: P
         for name, obj in {"config.json": config, "generation_config.json": gen, **files_json}.items():
             (tmp / name).write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         (tmp / "README.md").write_text(card, encoding="utf-8")
+        for f in tmp.iterdir():  # readable by whoever the directory is shared with, as a plain file write would be
+            os.chmod(f, 0o644)
         os.chmod(tmp, 0o755)
         if out.exists():
             out.rmdir()  # empty (check_out); rename cannot replace a directory on every platform
