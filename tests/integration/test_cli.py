@@ -84,16 +84,9 @@ def test_params_prints_the_table():
         assert row in r.stdout
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """A moe_tiny checkpoint that memorised two lines, one starting with 'Question:'."""
-    tmp = tmp_path_factory.mktemp("cli")
-    (tmp / "lines.txt").write_text(TWO_LINES)
-    run("train", "+experiment=overfit_100_lines", "model=moe_tiny", "model.vocab_size=2048", "precision=fp32",
-        f"data.path={tmp / 'lines.txt'}", "data.sampling=lines", "data.batch_size=2", "optimizer.lr=3e-3",
-        "trainer.max_steps=300", "eval.reproduce_lines=0", "trainer.progress_bar=false", "logger.csv=false",
-        f"out_dir={tmp}/run", f"hydra.run.dir={tmp}/hydra", check=True)
-    return tmp / "run" / "checkpoints" / "final.ckpt"
+@pytest.fixture
+def trained(two_lines_run) -> Path:
+    return two_lines_run / "run" / "checkpoints" / "final.ckpt"
 
 
 def test_generate_and_inspect_take_the_prompt_verbatim(trained):

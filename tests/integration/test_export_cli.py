@@ -9,16 +9,13 @@ import pytest
 from tests.integration.test_cli import TWO_LINES, run
 
 
-@pytest.fixture(scope="module")
-def trained_sigmoid(tmp_path_factory):
-    """moe_tiny with DeepSeek-V3 routing (sigmoid, normalised top-k, aux-free bias) that memorised two lines."""
-    tmp = tmp_path_factory.mktemp("export_cli")
-    (tmp / "lines.txt").write_text(TWO_LINES)
-    run("train", "+experiment=overfit_100_lines", "model=moe_tiny", "model.scoring=sigmoid", "model.vocab_size=2048",
-        "precision=fp32", f"data.path={tmp / 'lines.txt'}", "data.sampling=lines", "data.batch_size=2",
-        "optimizer.lr=3e-3", "trainer.max_steps=200", "eval.reproduce_lines=2", "trainer.progress_bar=false",
-        f"out_dir={tmp}/run", f"hydra.run.dir={tmp}/hydra", check=True)
-    return tmp
+@pytest.fixture
+def trained_sigmoid(two_lines_run, tmp_path):
+    """test_cli's two-line moe_tiny run (DeepSeek-V3 routing: sigmoid, normalised top-k, aux-free bias), with this
+    test's own output directory beside it."""
+    (tmp_path / "run").symlink_to(two_lines_run / "run")
+    (tmp_path / "lines.txt").symlink_to(two_lines_run / "lines.txt")
+    return tmp_path
 
 
 def test_export_writes_a_directory_every_command_reads_back(trained_sigmoid):
@@ -29,7 +26,7 @@ def test_export_writes_a_directory_every_command_reads_back(trained_sigmoid):
     assert json.loads((out / "config.json").read_text())["architectures"] == ["DeepseekV3ForCausalLM"]
     card = (out / "README.md").read_text()
     result = json.loads((tmp / "run" / "result.json").read_text())
-    assert "DeepseekV3ForCausalLM" in card and "200 optimizer steps of 2 x" in card
+    assert "DeepseekV3ForCausalLM" in card and "300 optimizer steps of 2 x" in card
     assert f"| lines reproduced (greedy, from 8-token prompts) | {result['reproduced']} |" in card
     assert f"| train loss (full pass) | {result['train_loss_full_pass']:.4g} |" in card
 
