@@ -52,7 +52,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int, special_tokens: list[str] |
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
     """A tokenizer.json as moe_lm uses it: encode() adds no token (callers prepend <|endoftext|> themselves), also
-    for an exported one, whose post-processor prepends it for HF users."""
+    for a tokenizer from another model directory whose post-processor would add a BOS (init_from=hf:DIR)."""
     import json
 
     spec = json.loads(Path(path).read_text(encoding="utf-8"))
