@@ -19,7 +19,7 @@ import torch
 
 from benchlib import arguments, device_name, interleaved, summarise, table, write_json
 from moe_lm.cli import compose
-from moe_lm.model.layers import GatedMLP
+from moe_lm.model.layers import FeedForward
 from moe_lm.model.moe import MoE
 
 
@@ -60,7 +60,7 @@ def main() -> None:
             torch.nn.init.normal_(p, std=0.02)
         moe.load_state_dict(blocks["moe loop"].state_dict())
     active = (base.top_k + base.n_shared_experts) * base.moe_intermediate_size
-    blocks["dense SwiGLU"] = GatedMLP(base.d_model, active, base.activation).to(device)
+    blocks["dense SwiGLU"] = FeedForward(base.d_model, active, base.activation).to(device)
     hf = hf_block(blocks["moe loop"])
     if hf is not None:
         with torch.no_grad():

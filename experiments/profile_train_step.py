@@ -23,7 +23,7 @@ import moe_lm.model.transformer as transformer_module
 from bench_train_step import make_step
 from benchlib import device_name, write_json
 from moe_lm.model.attention import GroupedQueryAttention, MultiHeadLatentAttention
-from moe_lm.model.layers import GatedMLP, RMSNorm
+from moe_lm.model.layers import FeedForward, RMSNorm
 from moe_lm.model.moe import MoE, RoutedExperts, TopkRouter
 
 BACKWARD = "autograd::engine::evaluate_function: "
@@ -42,7 +42,7 @@ def label_modules(model: torch.nn.Module) -> set[str]:
             return "MoE dispatch (sort, gather, combine)"
         if isinstance(module, MoE):
             return "router statistics + balance losses"
-        if isinstance(module, GatedMLP):
+        if isinstance(module, FeedForward):
             return "shared experts" if name.endswith("shared_experts") else "dense MLP"
         if isinstance(module, torch.nn.Embedding):
             return "embedding"

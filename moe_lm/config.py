@@ -30,6 +30,9 @@ def _one_of(value: str, key: str, choices: tuple[str, ...]) -> None:
     _check(value in choices, key, f"must be one of {list(choices)}, got {value!r}")
 
 
+ACTIVATIONS = ("swiglu", "geglu", "gelu", "learned_gelu")
+
+
 @dataclass
 class ModelConfig:
     name: str = "moe_100m"
@@ -59,7 +62,9 @@ class ModelConfig:
     routed_scaling_factor: float = 1.0
     first_k_dense: int = 0  # the first k layers use a dense MLP
     dense_intermediate_size: int = 2048
-    activation: str = "silu"  # silu -> SwiGLU, gelu -> GeGLU
+    # FFN: swiglu | geglu (gated) | gelu | learned_gelu (one up projection; learned_gelu learns a per-channel
+    # scale and shift before the GELU). "silu" is read as swiglu (configs written before session 7).
+    activation: str = "swiglu"
     # how the routed experts run (same outputs): auto | loop | grouped_mm | bmm (moe_lm/model/moe.py)
     moe_impl: str = "auto"
     # load balancing, each switchable
@@ -69,6 +74,17 @@ class ModelConfig:
     bias_update_rate: float = 0.001
     use_z_loss: bool = True
     z_loss_coef: float = 0.001
+    # architecture switches (moe_lm/model; README "Architecture switches"); the defaults are the original model
+    qk_norm: bool = False  # RMSNorm on each head's queries and keys (MLA: on the nope and rope parts apart)
+    attn_softcap: float = 0.0  # > 0: attention logits -> cap * tanh(logits / cap)
+    logit_softcap: float = 0.0  # > 0: the LM head's logits -> cap * tanh(logits / cap)
+    output_z_loss_coef: float = 0.0  # > 0: adds coef * mean(logsumexp(LM logits)^2) to the training loss
+    sliding_window: int = 0  # > 0: the local layers attend to the last sliding_window positions (cache keeps those)
+    window_pattern: str = "L"  # per layer, cycled: L = local (sliding_window), G = global
+    router_type: str = "token_choice"  # token_choice | expert_choice (training only, not causal) | hash (token id)
+    aux_loss_scope: str = "batch"  # batch (switch/GShard) | sequence (DeepSeek-V3's complementary loss)
+    mtp_depth: int = 0  # 1: one DeepSeek-V3 multi-token-prediction module (predicts t+2), dropped at inference
+    mtp_loss_weight: float = 0.3
     # misc
     tie_embeddings: bool = True
     dropout: float = 0.0
@@ -82,7 +98,20 @@ class ModelConfig:
             _check(getattr(self, name) > 0, k + name, "must be > 0")
         _one_of(self.attention, k + "attention", ("mla", "gqa"))
         _one_of(self.scoring, k + "scoring", ("softmax", "sigmoid"))
-        _one_of(self.activation, k + "activation", ("silu", "gelu"))
+        if self.activation == "silu":
+            self.activation = "swiglu"
+        _one_of(self.activation, k + "activation", ACTIVATIONS)
+        _one_of(self.router_type, k + "router_type", ("token_choice", "expert_choice", "hash"))
+        _one_of(self.aux_loss_scope, k + "aux_loss_scope", ("batch", "sequence"))
+        for name in ("attn_softcap", "logit_softcap", "output_z_loss_coef", "mtp_loss_weight", "sliding_window"):
+            _check(getattr(self, name) >= 0, k + name, "must be >= 0")
+        _check(self.mtp_depth in (0, 1), k + "mtp_depth", f"must be 0 or 1 (one MTP module), got {self.mtp_depth}")
+        _check(bool(self.window_pattern) and set(self.window_pattern) <= {"L", "G"}, k + "window_pattern",
+               f"must be a non-empty string of L (local) and G (global), got {self.window_pattern!r}")
+        _check(not self.sliding_window or "L" in self.window_pattern, k + "window_pattern",
+               f"sliding_window={self.sliding_window} but no layer is local (L) in {self.window_pattern!r}")
+        _check(self.router_type != "hash" or self.vocab_size >= self.n_routed_experts, k + "router_type",
+               "hash routing needs vocab_size >= n_routed_experts")
         _one_of(self.moe_impl, k + "moe_impl", ("auto", "loop", "grouped_mm", "bmm"))
         _check(self.top_k <= self.n_routed_experts, k + "top_k",
                f"top_k={self.top_k} exceeds model.n_routed_experts={self.n_routed_experts}")
@@ -108,6 +137,11 @@ class ModelConfig:
 
     def is_moe_layer(self, layer_idx: int) -> bool:
         return layer_idx >= self.first_k_dense
+
+    def window_of(self, layer_idx: int) -> int:
+        """The sliding window of layer `layer_idx` (0: global attention)."""
+        local = self.window_pattern[layer_idx % len(self.window_pattern)] == "L"
+        return self.sliding_window if local else 0
 
 
 @dataclass

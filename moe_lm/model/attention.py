@@ -38,6 +38,44 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
     return out[..., :v_dim]
 
 
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, attn_mask: Optional[torch.Tensor],
+            dropout: float, softcap: float = 0.0, enable_gqa: bool = False) -> torch.Tensor:
+    """_sdpa, or with softcap > 0 attention written out: logits -> softcap * tanh(logits / softcap) (Gemma 2), in
+    fp32, before the mask and the softmax (no fused kernel takes the cap)."""
+    if not softcap:
+        return _sdpa(q, k, v, scale, attn_mask, dropout, enable_gqa)
+    H, T, S = q.shape[1], q.shape[-2], k.shape[-2]
+    if k.shape[1] != H:  # shared kv heads (GQA, absorbed MLA): repeat each for its query heads
+        k, v = k.repeat_interleave(H // k.shape[1], 1), v.repeat_interleave(H // v.shape[1], 1)
+    logits = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale  # (B, H, T, S)
+    logits = softcap * torch.tanh(logits / softcap)
+    if attn_mask is None:
+        attn_mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+    probs = F.dropout(logits.masked_fill(~attn_mask, torch.finfo(logits.dtype).min).softmax(-1), dropout)
+    return torch.matmul(probs.to(v.dtype), v)  # (B, H, T, Ev)
+
+
+def window_mask(T: int, S: int, window: int, device: torch.device,
+                attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(T, S) bool, or attn_mask's shape: the T new tokens are the last of the S keys' slots; query i sees key j
+    iff 0 <= (S - T + i) - j < window, and attn_mask (the caller's, over all slots so far) allows it: its last S
+    columns are these keys (a window layer's cache keeps the most recent slots)."""
+    d = torch.arange(S - T, S, device=device)[:, None] - torch.arange(S, device=device)  # (T, S) query - key
+    mask = (d >= 0) & (d < window)
+    return mask if attn_mask is None else mask & attn_mask[..., -S:]
+
+
+class QKNorm(nn.Module):
+    """RMSNorm of each head's queries and keys, per part: for MLA the nope part and the (shared) rope part each
+    get their own norm, before RoPE on the rope part (a rotation keeps the norm, so either order works for it)."""
+
+    def __init__(self, dims: tuple[int, ...], eps: float) -> None:
+        super().__init__()
+        self.q = nn.ModuleList(RMSNorm(d, eps) for d in dims)
+        self.k = nn.ModuleList(RMSNorm(d, eps) for d in dims)
+
+
+
 class MultiHeadLatentAttention(nn.Module):
     """Keys/values are rebuilt from a C-dim latent; one R-dim RoPE key is shared by all heads."""
 
@@ -64,7 +102,10 @@ class MultiHeadLatentAttention(nn.Module):
         self.kv_b_proj = nn.Linear(cfg.kv_lora_rank, h * (cfg.qk_nope_head_dim + cfg.v_head_dim), bias=False)
         self.o_proj = nn.Linear(h * cfg.v_head_dim, d, bias=False)
         self.o_proj.weight.is_residual_proj = True
-        self.absorb = cfg.mla_absorb
+        # a norm of each head's expanded key cannot be absorbed into the query: qk_norm decodes the expanded way
+        self.absorb = cfg.mla_absorb and not cfg.qk_norm
+        self.qk_norm = QKNorm((cfg.qk_nope_head_dim, cfg.qk_rope_head_dim), cfg.norm_eps) if cfg.qk_norm else None
+        self.window, self.softcap = cfg.window_of(layer_idx), cfg.attn_softcap
 
     def _absorbed(self, q_nope: torch.Tensor, q_rope: torch.Tensor, latent: torch.Tensor, k_rope: torch.Tensor,
                   attn_mask: Optional[torch.Tensor]) -> torch.Tensor:
@@ -79,7 +120,7 @@ class MultiHeadLatentAttention(nn.Module):
         q_lat = torch.einsum("bhtn,hnc->bhtc", q_nope, w_uk)  # (B, H, T, C)
         q = torch.cat((q_lat, q_rope), dim=-1)  # (B, H, T, C+R)
         k = torch.cat((latent.unsqueeze(1), k_rope), dim=-1)  # (B, 1, S, C+R): one "kv head"
-        out_lat = _sdpa(q, k, latent.unsqueeze(1), self.qk_head_dim ** -0.5, attn_mask, 0.0, enable_gqa=True)
+        out_lat = _attend(q, k, latent.unsqueeze(1), self.qk_head_dim ** -0.5, attn_mask, 0.0, self.softcap, True)
         return torch.einsum("bhtc,hvc->bhtv", out_lat, w_uv)  # (B, H, T, V)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
@@ -95,20 +136,29 @@ class MultiHeadLatentAttention(nn.Module):
         latent, k_rope = self.kv_a_proj_with_mqa(x).split([self.kv_lora_rank, R], dim=-1)  # (B,T,C), (B,T,R)
         latent = self.kv_a_layernorm(latent)
         k_rope = k_rope.unsqueeze(1)  # (B, 1, T, R): one rope key shared by all heads
+        if self.qk_norm is not None:
+            q_nope, q_rope = self.qk_norm.q[0](q_nope), self.qk_norm.q[1](q_rope)
+            k_rope = self.qk_norm.k[1](k_rope)
         q_rope = apply_rope(q_rope, cos, sin)
         k_rope = apply_rope(k_rope, cos, sin)
         dropout = self.dropout if self.training else 0.0
         if cache is not None:
-            latent, k_rope = cache.update(self.layer_idx, latent, k_rope)  # (B, S, C), (B, 1, S, R)
+            keep = self.window - 1 if self.window else None
+            latent, k_rope = cache.update(self.layer_idx, latent, k_rope, keep=keep)  # (B, S, C), (B, 1, S, R)
+        if self.window:
+            attn_mask = window_mask(T, latent.shape[1], self.window, x.device, attn_mask)
+        if cache is not None:
             if self.absorb:
                 out = self._absorbed(q_nope, q_rope, latent, k_rope, attn_mask)  # (B, H, T, V)
                 return self.o_proj(out.transpose(1, 2).reshape(B, T, H * V))
         S = latent.shape[1]
         kv = self.kv_b_proj(latent).view(B, S, H, N + V).transpose(1, 2)  # (B, H, S, N+V)
         k_nope, v = kv.split([N, V], dim=-1)
+        if self.qk_norm is not None:
+            k_nope = self.qk_norm.k[0](k_nope)
         k = torch.cat((k_nope, k_rope.expand(B, H, S, R)), dim=-1)  # (B, H, S, N+R)
         q = torch.cat((q_nope, q_rope), dim=-1)  # (B, H, T, N+R)
-        out = _sdpa(q, k, v, self.qk_head_dim ** -0.5, attn_mask, dropout)  # (B, H, T, V)
+        out = _attend(q, k, v, self.qk_head_dim ** -0.5, attn_mask, dropout, self.softcap)  # (B, H, T, V)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, H * V))
 
 
@@ -126,18 +176,25 @@ class GroupedQueryAttention(nn.Module):
         self.v_proj = nn.Linear(d, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, d, bias=False)
         self.o_proj.weight.is_residual_proj = True
+        self.qk_norm = QKNorm((cfg.head_dim,), cfg.norm_eps) if cfg.qk_norm else None
+        self.window, self.softcap = cfg.window_of(layer_idx), cfg.attn_softcap
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: Optional[KVCache] = None, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         B, T, _ = x.shape
         H, G, E = self.n_heads, self.n_kv_heads, self.head_dim
-        q = apply_rope(self.q_proj(x).view(B, T, H, E).transpose(1, 2), cos, sin)  # (B, H, T, E)
-        k = apply_rope(self.k_proj(x).view(B, T, G, E).transpose(1, 2), cos, sin)  # (B, G, T, E)
+        q = self.q_proj(x).view(B, T, H, E).transpose(1, 2)  # (B, H, T, E)
+        k = self.k_proj(x).view(B, T, G, E).transpose(1, 2)  # (B, G, T, E)
+        if self.qk_norm is not None:
+            q, k = self.qk_norm.q[0](q), self.qk_norm.k[0](k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         v = self.v_proj(x).view(B, T, G, E).transpose(1, 2)  # (B, G, T, E)
         if cache is not None:
-            k, v = cache.update(self.layer_idx, k, v)  # (B, G, S, E)
+            k, v = cache.update(self.layer_idx, k, v, keep=self.window - 1 if self.window else None)  # (B, G, S, E)
+        if self.window:
+            attn_mask = window_mask(T, k.shape[-2], self.window, x.device, attn_mask)
         dropout = self.dropout if self.training else 0.0
-        out = _sdpa(q, k, v, E ** -0.5, attn_mask, dropout, enable_gqa=G != H)  # (B, H, T, E)
+        out = _attend(q, k, v, E ** -0.5, attn_mask, dropout, self.softcap, G != H)  # (B, H, T, E)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, H * E))
 
 

@@ -26,7 +26,9 @@ def param_breakdown(model: nn.Module, cfg: ModelConfig) -> "OrderedDict[str, int
         (k, 0) for k in ("embeddings", "attention", "dense_mlp", "shared_experts", "router", "norms"))
     experts = [0] * cfg.n_routed_experts
     for name, p in model.named_parameters():  # tied weights are yielded once
-        if ".experts." in name:
+        if name.startswith("mtp."):
+            parts["mtp"] = parts.get("mtp", 0) + p.numel()  # training only: not in the totals
+        elif ".experts." in name:
             for e in range(cfg.n_routed_experts):
                 experts[e] += p[e].numel()
         elif name.startswith(("embed_tokens", "lm_head")):
@@ -45,13 +47,11 @@ def param_breakdown(model: nn.Module, cfg: ModelConfig) -> "OrderedDict[str, int
             raise ValueError(f"unclassified parameter {name}")
     for e, n in enumerate(experts):
         parts[f"routed_expert_{e}"] = n
-    dense = sum(v for k, v in parts.items() if not k.startswith("routed_expert"))
+    dense = sum(v for k, v in parts.items() if not k.startswith("routed_expert") and k != "mtp")
     total = dense + sum(experts)
-    n_moe_layers = cfg.n_layers - cfg.first_k_dense
-    per_expert_layer = 3 * cfg.d_model * cfg.moe_intermediate_size
     parts["dense_total"] = dense
     parts["total"] = total
-    parts["active_per_token"] = dense + cfg.top_k * per_expert_layer * n_moe_layers
+    parts["active_per_token"] = dense + cfg.top_k * sum(experts) // cfg.n_routed_experts  # K experts per token
     return parts
 
 

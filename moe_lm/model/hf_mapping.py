@@ -30,7 +30,12 @@ ARCHITECTURE_FIELDS = (
     "vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len", "rope_theta", "attention", "q_lora_rank",
     "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "n_shared_experts", "n_routed_experts",
     "moe_intermediate_size", "top_k", "scoring", "norm_topk_prob", "routed_scaling_factor", "first_k_dense",
-    "dense_intermediate_size", "activation", "tie_embeddings", "norm_eps")
+    "dense_intermediate_size", "activation", "tie_embeddings", "norm_eps", "qk_norm", "attn_softcap", "logit_softcap",
+    "sliding_window", "window_pattern", "router_type", "mtp_depth")
+HF_ACTIVATIONS = {"swiglu": "silu", "geglu": "gelu"}  # model.activation -> hidden_act of the (gated) DeepSeek MLP
+# architecture switches the DeepSeek classes do not have: (key, its value there)
+NOT_IN_DEEPSEEK = (("qk_norm", False), ("attn_softcap", 0.0), ("logit_softcap", 0.0), ("sliding_window", 0),
+                   ("router_type", "token_choice"))
 
 
 def has_moe_layers(cfg: ModelConfig) -> bool:
@@ -42,6 +47,13 @@ def hf_model_type(cfg: ModelConfig) -> str:
     k = "model."
     if cfg.attention != "mla":
         raise ConfigError(f"{k}attention: only MLA models export to the DeepSeek format (got {cfg.attention})")
+    if cfg.activation not in HF_ACTIVATIONS:
+        raise ConfigError(f"{k}activation: the DeepSeek MLP is gated; {cfg.activation} does not export "
+                          f"(exportable: {', '.join(HF_ACTIVATIONS)})")
+    for key, value in NOT_IN_DEEPSEEK:
+        if getattr(cfg, key) != value:
+            raise ConfigError(f"{k}{key}: the DeepSeek classes have no such switch; only {key}={value} exports "
+                              f"(got {getattr(cfg, key)})")
     if cfg.n_shared_experts < 1 and has_moe_layers(cfg):
         raise ConfigError(f"{k}n_shared_experts: the DeepSeek classes always have a shared expert (got 0)")
     if cfg.scoring == "sigmoid" or not has_moe_layers(cfg):
@@ -66,7 +78,7 @@ def hf_config_kwargs(cfg: ModelConfig) -> dict[str, Any]:
         n_routed_experts=cfg.n_routed_experts, routed_scaling_factor=cfg.routed_scaling_factor,
         kv_lora_rank=cfg.kv_lora_rank, q_lora_rank=cfg.q_lora_rank, qk_rope_head_dim=cfg.qk_rope_head_dim,
         qk_nope_head_dim=cfg.qk_nope_head_dim, v_head_dim=cfg.v_head_dim, num_experts_per_tok=cfg.top_k,
-        first_k_dense_replace=cfg.first_k_dense, norm_topk_prob=cfg.norm_topk_prob, hidden_act=cfg.activation,
+        first_k_dense_replace=cfg.first_k_dense, norm_topk_prob=cfg.norm_topk_prob, hidden_act=HF_ACTIVATIONS[cfg.activation],
         max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps, tie_word_embeddings=cfg.tie_embeddings,
         rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta}, attention_bias=False,
         n_group=1, topk_group=1,
@@ -88,7 +100,7 @@ def hf_config_dict(cfg: ModelConfig, dtype: str, token_ids: dict[str, int]) -> d
 def to_hf_state_dict(state_dict: dict[str, torch.Tensor], cfg: ModelConfig | None = None,
                      per_expert: bool = False) -> dict[str, torch.Tensor]:
     """Rename a moe_lm state dict to the HF DeepSeek one (runtime-only buffers dropped). With `cfg`, exactly what the
-    HF class holds: no LM head when it is tied, the selection bias zeroed where moe_lm does not apply it (V3
+    HF class holds: no multi-token-prediction module (a training aid), no LM head when it is tied, the selection bias zeroed where moe_lm does not apply it (V3
     always adds it) and dropped where the class has none (V2). `per_expert`: the layout of files on disk (DeepSeek's
     own checkpoints, and what transformers writes and reads: `experts.{e}.{gate,up,down}_proj.weight`), instead of
     the fused (E, 2I, D) / (E, D, I) tensors transformers 5 holds in memory."""
@@ -96,6 +108,8 @@ def to_hf_state_dict(state_dict: dict[str, torch.Tensor], cfg: ModelConfig | Non
     out = {}
     for name, t in state_dict.items():
         if name.endswith("tokens_per_expert") or (cfg is not None and cfg.tie_embeddings and name == "lm_head.weight"):
+            continue
+        if name.startswith("mtp.") and cfg is not None:
             continue
         if name.endswith("e_score_correction_bias") and cfg is not None:
             if v2:
@@ -177,9 +191,17 @@ def model_config_from_hf(hf: dict[str, Any], base: ModelConfig, where: str = "co
         norm_topk_prob=bool(hf.get("norm_topk_prob", False)) if v3 else False,  # V2 ignores the key
         routed_scaling_factor=float(hf.get("routed_scaling_factor", 1.0)),
         first_k_dense=hf.get("first_k_dense_replace", 0), dense_intermediate_size=hf["intermediate_size"],
-        activation=hf.get("hidden_act", "silu"), tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        norm_eps=float(hf.get("rms_norm_eps", 1e-6)), use_aux_free_bias=v3)
+        activation=_activation(hf.get("hidden_act", "silu"), where), tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        norm_eps=float(hf.get("rms_norm_eps", 1e-6)), use_aux_free_bias=v3, mtp_depth=0, window_pattern="L",
+        **dict(NOT_IN_DEEPSEEK))
     try:
         return dataclasses.replace(base, **arch)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from e
+
+
+def _activation(hidden_act: str, where: str) -> str:
+    for ours, theirs in HF_ACTIVATIONS.items():
+        if theirs == hidden_act:
+            return ours
+    raise ConfigError(f"{where}: hidden_act={hidden_act!r} is not supported ({', '.join(HF_ACTIVATIONS.values())})")

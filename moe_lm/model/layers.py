@@ -1,4 +1,4 @@
-"""Small building blocks: RMSNorm, rotary position embedding, gated MLP.
+"""Small building blocks: RMSNorm, rotary position embedding, the feed-forward network (gated or not).
 
 Shape legend: B batch, T time, H heads, D model width, R rope dim, I intermediate width.
 """
@@ -43,23 +43,39 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return out.flatten(-2).to(x.dtype)
 
 
-class GatedMLP(nn.Module):
-    """act(x W_gate) * (x W_up) W_down: SwiGLU with silu, GeGLU with gelu."""
+def is_gated(activation: str) -> bool:
+    """swiglu and geglu multiply the activated gate projection by an up projection; gelu and learned_gelu have none."""
+    return activation in ("swiglu", "geglu")
 
-    def __init__(self, d_model: int, intermediate_size: int, activation: str = "silu") -> None:
+
+def activation_fn(activation: str):
+    """The nonlinearity of model.activation: silu for swiglu, gelu (erf) for the rest."""
+    if activation not in ("swiglu", "geglu", "gelu", "learned_gelu"):
+        raise ValueError(f"unknown activation {activation!r}")
+    return F.silu if activation == "swiglu" else F.gelu
+
+
+class FeedForward(nn.Module):
+    """Gated (swiglu, geglu): act(x W_gate) * (x W_up) W_down. Plain (gelu): gelu(x W_up) W_down.
+    learned_gelu: gelu(a * (x W_up) + b) W_down with a per-channel scale a (init 1) and shift b (init 0)."""
+
+    def __init__(self, d_model: int, intermediate_size: int, activation: str = "swiglu") -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(d_model, intermediate_size, bias=False)
+        self.gated = is_gated(activation)
+        if self.gated:
+            self.gate_proj = nn.Linear(d_model, intermediate_size, bias=False)
         self.up_proj = nn.Linear(d_model, intermediate_size, bias=False)
         self.down_proj = nn.Linear(intermediate_size, d_model, bias=False)
         self.act = activation_fn(activation)
+        self.act_scale = self.act_shift = None
+        if activation == "learned_gelu":
+            self.act_scale = nn.Parameter(torch.ones(intermediate_size))  # (I,)
+            self.act_shift = nn.Parameter(torch.zeros(intermediate_size))  # (I,)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
-
-
-def activation_fn(name: str):
-    if name == "silu":
-        return F.silu
-    if name == "gelu":
-        return F.gelu
-    raise ValueError(f"unknown activation {name!r}")
+        if self.gated:
+            return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        h = self.up_proj(x)  # (..., I)
+        if self.act_scale is not None:
+            h = h * self.act_scale + self.act_shift
+        return self.down_proj(self.act(h))

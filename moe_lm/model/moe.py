@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from moe_lm.config import ModelConfig
-from moe_lm.model.layers import GatedMLP, activation_fn
+from moe_lm.model.layers import FeedForward, activation_fn, is_gated
 
 
 @dataclass
@@ -101,10 +101,23 @@ class RoutedExperts(nn.Module):
         super().__init__()
         E, I, D = cfg.n_routed_experts, cfg.moe_intermediate_size, cfg.d_model
         self.n_experts, self.impl = E, cfg.moe_impl
-        self.gate_up_proj = nn.Parameter(torch.empty(E, 2 * I, D))
+        self.gated = is_gated(cfg.activation)
+        if self.gated:
+            self.gate_up_proj = nn.Parameter(torch.empty(E, 2 * I, D))  # gate rows first, as DeepseekV3
+        else:
+            self.up_proj = nn.Parameter(torch.empty(E, I, D))
         self.down_proj = nn.Parameter(torch.empty(E, D, I))
         self.down_proj.is_residual_proj = True
         self.act = activation_fn(cfg.activation)
+        self.act_scale = self.act_shift = None
+        if cfg.activation == "learned_gelu":  # per expert and channel, as FeedForward's
+            self.act_scale = nn.Parameter(torch.ones(E, I))
+            self.act_shift = nn.Parameter(torch.zeros(E, I))
+
+    @property
+    def in_proj(self) -> torch.Tensor:
+        """(E, 2I or I, D): the input projection(s) of every expert."""
+        return self.gate_up_proj if self.gated else self.up_proj
 
     def resolved_impl(self, x: torch.Tensor) -> str:
         widths = (self.down_proj.shape[1], self.down_proj.shape[2])  # D, I
@@ -130,39 +143,68 @@ class RoutedExperts(nn.Module):
         # cast the N tokens before copying them K times (half the bytes gathered in bf16, one cast per token)
         x_sorted = x.to(compute_dtype(x))[token_of_slot]  # (N*K, D), grouped by expert
         w_sorted = topk_weight.reshape(-1)[order, None]  # (N*K, 1) router weight of each slot
-        y_sorted = (self._grouped if impl == "grouped_mm" else self._loop)(x_sorted, w_sorted, counts)  # (N*K, D)
+        e_sorted = topk_idx.reshape(-1)[order] if self.act_scale is not None else None  # (N*K,) expert of each slot
+        if impl == "grouped_mm":
+            y_sorted = self._grouped(x_sorted, w_sorted, counts, e_sorted)  # (N*K, D)
+        else:
+            y_sorted = self._loop(x_sorted, w_sorted, counts)  # (N*K, D)
         # back to slot order, then each token's K weighted outputs summed (accumulated in fp32, rounded once):
         # deterministic (no atomic adds), and the K-fold copies stay in the compute dtype both ways
         y_slots = y_sorted.new_empty(y_sorted.shape).index_copy_(0, order, y_sorted)  # (N*K, D), slot n*K + k
         return y_slots.view(N, K, -1).sum(1).to(x.dtype)  # (N, D)
 
-    def _hidden(self, gate_up: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """act(gate) * up, times each slot's router weight: weighting the I-wide input of the (linear) down
-        projection equals weighting its D-wide output, and touches fewer values when I < D."""
-        gate, up = gate_up.chunk(2, dim=-1)  # (n, I) each
-        return self.act(gate) * (up * w.to(up.dtype))  # (n, I)
+    def _hidden(self, h: torch.Tensor, w: torch.Tensor, expert: int | torch.Tensor | None) -> torch.Tensor:
+        """The activation of the input projection's output h, times each slot's router weight w. Gated: act(gate) *
+        up. Weighting the I-wide input of the (linear) down projection equals weighting its D-wide output, and
+        touches fewer values when I < D. expert: the expert of h's rows (an index, or one per row) for learned_gelu's
+        scale and shift."""
+        if self.gated:
+            gate, up = h.chunk(2, dim=-1)  # (n, I) each
+            return self.act(gate) * (up * w.to(up.dtype))  # (n, I)
+        if self.act_scale is not None:
+            h = h * self.act_scale[expert] + self.act_shift[expert]
+        return self.act(h) * w.to(h.dtype)
 
     def _loop(self, x_sorted: torch.Tensor, w_sorted: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         # unbind once: indexing the stacked weights per expert would zero-fill a full (E, ...) grad each time
-        w_gate_up, w_down = self.gate_up_proj.unbind(0), self.down_proj.unbind(0)
+        w_in, w_down = self.in_proj.unbind(0), self.down_proj.unbind(0)
         sizes = counts.tolist()  # the host sync
-        outs = [F.linear(self._hidden(F.linear(x_e, w_gate_up[e]), w_e), w_down[e])  # (n_e, D)
+        outs = [F.linear(self._hidden(F.linear(x_e, w_in[e]), w_e, e), w_down[e])  # (n_e, D)
                 for e, (x_e, w_e) in enumerate(zip(x_sorted.split(sizes), w_sorted.split(sizes)))]
         return torch.cat(outs)  # (N*K, D)
 
-    def _grouped(self, x_sorted: torch.Tensor, w_sorted: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    def _grouped(self, x_sorted: torch.Tensor, w_sorted: torch.Tensor, counts: torch.Tensor,
+                 e_sorted: Optional[torch.Tensor]) -> torch.Tensor:
         dtype = x_sorted.dtype  # the compute dtype: grouped_mm is not on autocast's list, so cast as it would
         offs = counts.cumsum(0).to(torch.int32)  # (E,) end of each expert's rows, on the device
-        gate_up = _grouped_mm(x_sorted, self.gate_up_proj.to(dtype).transpose(1, 2), offs=offs)  # (N*K, 2I)
-        return _grouped_mm(self._hidden(gate_up, w_sorted), self.down_proj.to(dtype).transpose(1, 2), offs=offs)
+        h = _grouped_mm(x_sorted, self.in_proj.to(dtype).transpose(1, 2), offs=offs)  # (N*K, 2I or I)
+        return _grouped_mm(self._hidden(h, w_sorted, e_sorted), self.down_proj.to(dtype).transpose(1, 2), offs=offs)
 
     def _every_expert(self, x: torch.Tensor, topk_idx: torch.Tensor, topk_weight: torch.Tensor) -> torch.Tensor:
         E, (N, D) = self.n_experts, x.shape
         combine = torch.zeros(N, E, dtype=topk_weight.dtype, device=x.device).scatter(1, topk_idx, topk_weight)
-        h = torch.bmm(x.unsqueeze(0).expand(E, N, D), self.gate_up_proj.transpose(1, 2))  # (E, N, 2I)
-        gate, up = h.chunk(2, dim=-1)  # (E, N, I) each
-        y = torch.bmm(self.act(gate) * up, self.down_proj.transpose(1, 2))  # (E, N, D)
+        h = torch.bmm(x.unsqueeze(0).expand(E, N, D), self.in_proj.transpose(1, 2))  # (E, N, 2I or I)
+        if self.gated:
+            gate, up = h.chunk(2, dim=-1)  # (E, N, I) each
+            h = self.act(gate) * up
+        else:
+            if self.act_scale is not None:
+                h = h * self.act_scale[:, None] + self.act_shift[:, None]
+            h = self.act(h)
+        y = torch.bmm(h, self.down_proj.transpose(1, 2))  # (E, N, D)
         return torch.einsum("end,ne->nd", y, combine.to(y.dtype)).to(x.dtype)  # (N, D)
+
+    def run_chosen(self, x: torch.Tensor, token_idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """Expert choice: expert e runs on the C tokens token_idx[e] (E, C), weighted by weight (E, C); each token
+        gets the sum over the experts that chose it (zero if none). Static shapes, no host sync."""
+        dtype = compute_dtype(x)
+        xe = x.to(dtype)[token_idx]  # (E, C, D)
+        h = torch.bmm(xe, self.in_proj.to(dtype).transpose(1, 2))  # (E, C, 2I or I)
+        expert = torch.arange(self.n_experts, device=x.device)[:, None] if self.act_scale is not None else None
+        h = self._hidden(h, weight[..., None], expert)  # (E, C, I)
+        y = torch.bmm(h, self.down_proj.to(dtype).transpose(1, 2))  # (E, C, D)
+        out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)  # accumulated in fp32
+        return out.index_add_(0, token_idx.reshape(-1), y.reshape(-1, y.shape[-1]).float()).to(x.dtype)  # (N, D)
 
 
 @dataclass
@@ -192,24 +234,49 @@ def load_balance_loss(scores: torch.Tensor, counts: torch.Tensor, top_k: int, sc
     return n_experts * (f * p_mean).sum()
 
 
+def sequence_balance_loss(scores: torch.Tensor, topk_idx: torch.Tensor, top_k: int, scoring: str,
+                          mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """DeepSeek-V3's complementary sequence-wise loss: the same E * sum_i f_i * P_i, with f and P taken over each
+    sequence's tokens instead of the batch's, averaged over sequences (1.0 when every sequence is balanced).
+
+    scores: (B, T, E); topk_idx: (B, T, K); mask: optional (B, T) float, 1 for the tokens that count."""
+    B, T, E = scores.shape
+    probs = scores if scoring == "softmax" else scores / scores.sum(-1, keepdim=True)
+    m = scores.new_ones(B, T) if mask is None else mask.to(scores.dtype)  # (B, T)
+    n = m.sum(1).clamp_min(1)  # (B,) tokens per sequence
+    picks = (topk_idx[..., None] == torch.arange(E, device=scores.device)).sum(2).float()  # (B, T, E)
+    f = (picks * m[..., None]).sum(1) / (n[:, None] * top_k)  # (B, E) share of each sequence's slots
+    p_mean = (probs.float() * m[..., None]).sum(1) / n[:, None]  # (B, E)
+    return E * (f * p_mean).sum(-1).mean()
+
+
 def router_z_loss(logits: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     z2 = torch.logsumexp(logits.float(), dim=-1).pow(2)  # (N,)
     return z2.mean() if mask is None else (z2 * mask).sum() / mask.sum().clamp_min(1)
 
 
 class MoE(nn.Module):
+    """Shared experts plus routed experts. model.router_type picks which experts run on which token:
+    token_choice (each token its top-k experts by router score), hash (the top-k experts of a fixed random hash of
+    the token id, weights 1/k; Roller et al. 2021) or expert_choice (each expert its top-C tokens by score, C = N*K/E;
+    Zhou et al. 2022: balanced by construction, but a token's experts depend on the other tokens of the batch,
+    later ones included, so it is not causal and cannot decode)."""
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.gate = TopkRouter(cfg)
         self.experts = RoutedExperts(cfg)
-        self.shared_experts: Optional[GatedMLP] = None
+        self.shared_experts: Optional[FeedForward] = None
         if cfg.n_shared_experts > 0:
-            self.shared_experts = GatedMLP(cfg.d_model, cfg.n_shared_experts * cfg.moe_intermediate_size,
-                                           cfg.activation)
+            self.shared_experts = FeedForward(cfg.d_model, cfg.n_shared_experts * cfg.moe_intermediate_size,
+                                              cfg.activation)
             self.shared_experts.down_proj.weight.is_residual_proj = True
         # Token slots per expert since the last bias update (summed over micro-batches).
         self.register_buffer("tokens_per_expert", torch.zeros(cfg.n_routed_experts), persistent=False)
+        if cfg.router_type == "hash":  # a balanced fixed map token id -> expert, the same on every process and run
+            perm = torch.randperm(cfg.vocab_size, generator=torch.Generator().manual_seed(0))
+            self.register_buffer("hash_table", perm % cfg.n_routed_experts, persistent=False)  # (V,)
         # With several processes, the trainer sets this to the mean over processes, so that the balance loss sees
         # the global batch's expert loads (each process holds an equal share of its tokens); None: this batch only.
         self.counts_reducer: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
@@ -220,31 +287,54 @@ class MoE(nn.Module):
         so that forward has no side effects (gradient checkpointing runs it twice)."""
         self.tokens_per_expert += counts.to(self.tokens_per_expert.dtype)
 
-    def forward(self, x: torch.Tensor, token_mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, MoEStats]:
+    def _route(self, r: RouterOutput, token_ids: Optional[torch.Tensor]) -> RouterOutput:
+        if self.cfg.router_type != "hash":
+            return r
+        if token_ids is None:
+            raise ValueError("model.router_type=hash: the MoE layer needs the token ids")
+        K, E = self.cfg.top_k, self.cfg.n_routed_experts
+        first = self.hash_table[token_ids.reshape(-1)]  # (N,)
+        idx = (first[:, None] + torch.arange(K, device=first.device)) % E  # (N, K) K distinct experts
+        weight = torch.full(idx.shape, self.cfg.routed_scaling_factor / K, device=idx.device)
+        return RouterOutput(r.logits, r.scores, idx, weight)
+
+    def _expert_choice(self, x2: torch.Tensor, r: RouterOutput, mask: Optional[torch.Tensor]
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(routed output (N, D), counted tokens per expert (E,)); padding tokens are never chosen."""
+        N, E, K = x2.shape[0], self.cfg.n_routed_experts, self.cfg.top_k
+        capacity = min(N, max(1, round(N * K / E)))
+        pick = r.scores if mask is None else r.scores.masked_fill(mask[:, None] == 0, -1.0)  # scores are >= 0
+        weight, token_idx = pick.t().topk(capacity, dim=-1)  # (E, C) each
+        weight = weight.clamp_min(0) * self.cfg.routed_scaling_factor
+        counts = torch.full((E,), capacity, device=x2.device) if mask is None else mask[token_idx].sum(1).long()
+        return self.experts.run_chosen(x2, token_idx, weight), counts
+
+    def forward(self, x: torch.Tensor, token_mask: Optional[torch.Tensor] = None,
+                token_ids: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, MoEStats]:
         """x: (B, T, D). token_mask: optional (B, T) bool, the tokens that count in the expert loads, the
-        balance losses and the bias update (padding does not); every token is still computed."""
+        balance losses and the bias update (padding does not); every token is still computed. token_ids: (B, T),
+        for hash routing."""
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])  # (N, D)
-        r = self.gate(x2)
+        r = self._route(self.gate(x2), token_ids)
         E, K = self.cfg.n_routed_experts, self.cfg.top_k
         mask = None if token_mask is None else token_mask.reshape(-1).to(torch.float32)  # (N,)
-        if mask is None:
-            counts = dispatch = expert_counts(r.topk_idx, E)  # (E,) token slots
-        else:  # masked tokens' slots go to bins E..2E-1: one count for both
-            bins = r.topk_idx + E * (mask[:, None] == 0)  # (N, K)
-            both = expert_counts(bins, 2 * E)  # (2E,)
-            counts, dispatch = both[:E], both[:E] + both[E:]  # counted slots; all slots, for dispatch
-        y = self.experts(x2, r.topk_idx, r.topk_weight, dispatch)
+        if self.cfg.router_type == "expert_choice":
+            y, counts = self._expert_choice(x2, r, mask)
+        else:
+            if mask is None:
+                counts = dispatch = expert_counts(r.topk_idx, E)  # (E,) token slots
+            else:  # masked tokens' slots go to bins E..2E-1: one count for both
+                bins = r.topk_idx + E * (mask[:, None] == 0)  # (N, K)
+                both = expert_counts(bins, 2 * E)  # (2E,)
+                counts, dispatch = both[:E], both[:E] + both[E:]  # counted slots; all slots, for dispatch
+            y = self.experts(x2, r.topk_idx, r.topk_weight, dispatch)
         if self.shared_experts is not None:
             y = y + self.shared_experts(x2)
         zero = x.new_zeros((), dtype=torch.float32)
         if not self.training:  # decoding and evaluation need no balance losses: keep them off that path
             return y.view(shape), MoEStats(zero, zero, counts, r.topk_idx, r.topk_weight, zero, r.logits)
-        if self.cfg.use_aux_loss:
-            loads = counts if self.counts_reducer is None else self.counts_reducer(counts)
-            aux = load_balance_loss(r.scores, loads, K, self.cfg.scoring, mask)
-        else:
-            aux = zero
+        aux = self._balance_loss(r, counts, mask, shape) if self.cfg.router_type == "token_choice" else zero
         z = router_z_loss(r.logits, mask) if self.cfg.use_z_loss else zero
         with torch.no_grad():
             p = r.scores / r.scores.sum(-1, keepdim=True)
@@ -253,11 +343,25 @@ class MoE(nn.Module):
         return y.view(shape), MoEStats(aux, z, counts.detach(), r.topk_idx.detach(), r.topk_weight.detach(), entropy,
                                        r.logits)
 
+    def _balance_loss(self, r: RouterOutput, counts: torch.Tensor, mask: Optional[torch.Tensor],
+                      shape: torch.Size) -> torch.Tensor:
+        """The configured balance loss (zero when model.use_aux_loss is off)."""
+        if not self.cfg.use_aux_loss:
+            return counts.new_zeros((), dtype=torch.float32)
+        K, scoring = self.cfg.top_k, self.cfg.scoring
+        if self.cfg.aux_loss_scope == "sequence":
+            B, T = shape[0], shape[1]
+            return sequence_balance_loss(r.scores.view(B, T, -1), r.topk_idx.view(B, T, K), K, scoring,
+                                         None if mask is None else mask.view(B, T))
+        loads = counts if self.counts_reducer is None else self.counts_reducer(counts)
+        return load_balance_loss(r.scores, loads, K, scoring, mask)
+
     @torch.no_grad()
     def update_bias(self, rate: float) -> None:
-        """DeepSeek-V3 aux-loss-free balancing, once per optimizer step: b += rate * sign(mean_load - load)."""
+        """DeepSeek-V3 aux-loss-free balancing, once per optimizer step: b += rate * sign(mean_load - load).
+        Only token choice selects by score plus bias; the other routers leave it at zero."""
         load = self.tokens_per_expert
-        if load.sum() > 0:
+        if load.sum() > 0 and self.cfg.router_type == "token_choice":
             bias = self.gate.e_score_correction_bias
             bias += rate * torch.sign(load.mean() - load)
             bias -= bias.mean()  # keep it mean-centred

@@ -66,6 +66,15 @@ class MoELitModule(L.LightningModule):
         m = self.cfg.model
         loss = (step_ce + (m.aux_loss_coef * out.aux_loss if m.use_aux_loss else 0)
                 + (m.z_loss_coef * out.z_loss if m.use_z_loss else 0))
+        extra = {}
+        if out.lm_z_sum is not None:  # output z-loss (PaLM): the LM head's mean squared logsumexp
+            extra["train/output_z_loss"] = out.lm_z_sum / valid.sum()
+            loss = loss + m.output_z_loss_coef * extra["train/output_z_loss"]
+        if out.mtp_loss is not None:
+            extra["train/mtp_loss"] = out.mtp_loss
+            loss = loss + m.mtp_loss_weight * out.mtp_loss
+        if extra and self.training:
+            self.log_dict({k: v.detach() for k, v in extra.items()}, sync_dist=self.trainer.world_size > 1)
         guide = guided_coef(self.cfg.routing, self.global_step, self.warm_steps) if self.training else 0.0
         if guide > 0:  # exactly nothing outside the guided warm start
             sup = router_supervision_loss(out.router_logits, batch["domain"], self.domain_expert, valid)

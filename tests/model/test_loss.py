@@ -10,7 +10,7 @@ from moe_lm.model.loss import IGNORE_INDEX, linear_cross_entropy
 
 def _grads(hidden, weight, targets, chunk, scale=1.0):
     h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
-    loss = linear_cross_entropy(h, w, targets, chunk)
+    loss, _ = linear_cross_entropy(h, w, targets, chunk)
     (scale * loss).backward()
     return loss.detach(), h.grad, w.grad
 
@@ -45,7 +45,7 @@ def test_chunked_under_bf16_autocast_matches_plain():
 def test_without_grad_no_gradient_is_computed():
     hidden, weight = torch.randn(8, 4, requires_grad=True), torch.randn(11, 4, requires_grad=True)
     with torch.no_grad():
-        loss = linear_cross_entropy(hidden, weight, torch.randint(0, 11, (8,)), 3)
+        loss, _ = linear_cross_entropy(hidden, weight, torch.randint(0, 11, (8,)), 3)
     assert not loss.requires_grad
 
 
