@@ -31,6 +31,10 @@ def _one_of(value: str, key: str, choices: tuple[str, ...]) -> None:
 
 
 ACTIVATIONS = ("swiglu", "geglu", "gelu", "learned_gelu")
+# the model.* keys of the architecture ablation (conf/arch, conf/experiment/architecture_ablation.yaml)
+ARCHITECTURE_SWITCHES = ("activation", "qk_norm", "attn_softcap", "logit_softcap", "output_z_loss_coef",
+                         "sliding_window", "window_pattern", "router_type", "aux_loss_scope", "mtp_depth",
+                         "mtp_loss_weight")
 
 
 @dataclass
@@ -137,6 +141,12 @@ class ModelConfig:
 
     def is_moe_layer(self, layer_idx: int) -> bool:
         return layer_idx >= self.first_k_dense
+
+    def switches(self) -> str:
+        """The architecture switches set away from their defaults, "key=value; ..." ("baseline" when none)."""
+        default = ModelConfig()
+        changed = [f"{k}={getattr(self, k)}" for k in ARCHITECTURE_SWITCHES if getattr(self, k) != getattr(default, k)]
+        return "; ".join(changed) or "baseline"
 
     def window_of(self, layer_idx: int) -> int:
         """The sliding window of layer `layer_idx` (0: global attention)."""
