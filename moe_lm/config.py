@@ -493,11 +493,15 @@ class TrainConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     seed: int = 1337
     out_dir: str = ""
-    init_from: str = ""  # hf:DIR = start from an HF DeepseekV3/V2 directory's weights (and its architecture)
+    # hf:DIR = start from an HF DeepseekV3/V2 directory's weights (and its architecture); ckpt:PATH = from a moe_lm
+    # checkpoint's weights, a dense one upcycled into this run's MoE (moe_lm/training/upcycle.py)
+    init_from: str = ""
 
     def __post_init__(self) -> None:
-        _check(self.init_from == "" or (self.init_from.startswith("hf:") and len(self.init_from) > 3), "init_from",
-               f"{self.init_from!r}: give hf:DIR (a directory written by moe_lm.export, or a DeepseekV3/V2 one)")
+        _check(self.init_from == "" or (self.init_from.startswith(("hf:", "ckpt:"))
+                                        and len(self.init_from.split(":", 1)[1]) > 0), "init_from",
+               f"{self.init_from!r}: give hf:DIR (a directory written by moe_lm.export, or a DeepseekV3/V2 one) or "
+               f"ckpt:PATH (a moe_lm checkpoint; a dense one is upcycled)")
         _check(isinstance(self.data, DataConfig), "data",
                "choose a data group, e.g. data=overfit_100_lines or data=domains")
         if self.strategy.name != "single":

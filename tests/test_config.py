@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 from hydra.errors import ConfigCompositionException
 
@@ -84,3 +86,23 @@ def test_data_groups_pick_their_schema():
 def test_an_appended_key_no_schema_declares_fails_naming_it():
     with pytest.raises(ConfigError, match=r"trainer\.nodes"):  # `+` lets Hydra add it; nothing would read it
         compose(["+trainer.nodes=2"])
+
+
+ARCH_ARMS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "arch").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("arm", ARCH_ARMS)
+def test_every_architecture_arm_composes_and_changes_one_thing(arm):
+    cfg = compose(["+experiment=architecture_ablation", f"+arch={arm}"])
+    label = cfg.model.switches()
+    assert (label == "baseline") == (arm == "baseline"), label
+    assert cfg.model.name == "moe_small" and cfg.trainer.max_steps == 200
+
+
+def test_switches_compose_from_the_command_line():
+    cfg = compose(["model.activation=learned_gelu", "model.qk_norm=true", "model.sliding_window=128",
+                   "model.window_pattern=LLLG", "model.router_type=hash", "model.mtp_depth=1",
+                   "model.aux_loss_scope=sequence", "model.logit_softcap=30", "model.attn_softcap=50",
+                   "model.output_z_loss_coef=1e-4"])
+    assert [cfg.model.window_of(i) for i in range(4)] == [128, 128, 128, 0]
+    assert cfg.model.switches().count("=") == 10

@@ -4,6 +4,9 @@
   directory's (config.json; the run's `model.*` keys that differ are replaced, and printed); training-only keys
   (balance losses, dropout, dispatch) stay the run's. The data must use the directory's tokenizer when it has
   one. On resume the checkpoint's weights win; the architecture is resolved the same way, so they fit.
+- `ckpt:PATH`: a moe_lm checkpoint. The architecture is this run's; what the two share is copied, and a dense
+  checkpoint's MLPs become this run's experts (upcycling, moe_lm/training/upcycle.py). The data must use the
+  checkpoint's tokenizer.
 """
 
 from __future__ import annotations
@@ -23,10 +26,21 @@ def source_dir(cfg: TrainConfig) -> Path:
     return Path(cfg.init_from.removeprefix("hf:"))
 
 
+def _checkpoint_path(cfg: TrainConfig) -> str | None:
+    return cfg.init_from.removeprefix("ckpt:") if cfg.init_from.startswith("ckpt:") else None
+
+
 def resolve_init(cfg: TrainConfig) -> tuple[TrainConfig, Tokenizer | None]:
     """(cfg with the model architecture of init_from, the tokenizer that comes with it or None)."""
     if not cfg.init_from:
         return cfg, None
+    path = _checkpoint_path(cfg)
+    if path is not None:
+        from moe_lm.training.upcycle import check_compatible, source_config
+
+        src_cfg, tok_json = source_config(path)
+        check_compatible(src_cfg, cfg.model)
+        return cfg, Tokenizer.from_str(tok_json) if tok_json else None
     from moe_lm.inference.hf_dir import hf_model_config
 
     path = source_dir(cfg)
@@ -41,6 +55,12 @@ def resolve_init(cfg: TrainConfig) -> tuple[TrainConfig, Tokenizer | None]:
 
 def load_init_weights(model: MoETransformer, cfg: TrainConfig) -> None:
     from moe_lm.inference.hf_dir import load_hf_weights
+
+    path = _checkpoint_path(cfg)
+    if path is not None:
+        from moe_lm.training.upcycle import load_upcycled
+
+        return load_upcycled(model, path)
 
     load_hf_weights(model, source_dir(cfg))
     print(f"init_from: weights from {source_dir(cfg)}")

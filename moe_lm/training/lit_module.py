@@ -73,8 +73,6 @@ class MoELitModule(L.LightningModule):
         if out.mtp_loss is not None:
             extra["train/mtp_loss"] = out.mtp_loss
             loss = loss + m.mtp_loss_weight * out.mtp_loss
-        if extra and self.training:
-            self.log_dict({k: v.detach() for k, v in extra.items()}, sync_dist=self.trainer.world_size > 1)
         guide = guided_coef(self.cfg.routing, self.global_step, self.warm_steps) if self.training else 0.0
         if guide > 0:  # exactly nothing outside the guided warm start
             sup = router_supervision_loss(out.router_logits, batch["domain"], self.domain_expert, valid)
@@ -82,7 +80,8 @@ class MoELitModule(L.LightningModule):
             self.log_dict({"train/guided_loss": sup.detach(), "train/guided_coef": guide})
         routing = {"ce": ce.detach(), "n_targets": valid.sum(), "token_mask": valid, "topk_idx": out.topk_idx,
                    "topk_weight": out.topk_weight, "expert_counts": out.expert_counts,
-                   "router_entropy": out.router_entropy, "aux_loss": out.aux_loss.detach(), "z_loss": out.z_loss.detach()}
+                   "router_entropy": out.router_entropy, "aux_loss": out.aux_loss.detach(), "z_loss": out.z_loss.detach(),
+                   "extra_losses": {k: v.detach() for k, v in extra.items()}}
         return loss, ce, routing
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, Any]:
@@ -90,7 +89,8 @@ class MoELitModule(L.LightningModule):
         self.step_loss = loss.detach() + self.step_loss  # checked for finiteness once per optimizer step, no sync here
         # with several processes, the mean over them: the global batch's loss (its shares hold equal token counts)
         self.log_dict({"train/loss": ce.detach(), "train/ppl": ce.detach().exp(), "train/aux_loss": routing["aux_loss"],
-                       "train/z_loss": routing["z_loss"]}, sync_dist=self.trainer.world_size > 1)
+                       "train/z_loss": routing["z_loss"], **routing.pop("extra_losses")},
+                      sync_dist=self.trainer.world_size > 1)
         self.log("loss", ce.detach(), prog_bar=True, logger=False)
         return {"loss": loss, **routing}
 

@@ -17,12 +17,13 @@ from moe_lm.training.schedule import lr_multiplier
 
 
 def param_groups(model: nn.Module, o: OptimizerConfig) -> list[dict]:
-    """Matrices decay; vectors (norms, biases) do not; the router gets `router_lr_mult` x the LR and no decay."""
+    """Matrices decay; vectors (norms, biases) and learned_gelu's per-channel scale and shift (also when stacked
+    per expert) do not; the router gets `router_lr_mult` x the LR and no decay."""
     decay, no_decay, router = [], [], []
     for name, p in model.named_parameters():
         if ".mlp.gate.weight" in name:
             router.append(p)
-        elif p.dim() < 2:
+        elif p.dim() < 2 or name.endswith((".act_scale", ".act_shift")):
             no_decay.append(p)
         else:
             decay.append(p)

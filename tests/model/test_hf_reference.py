@@ -77,6 +77,10 @@ def test_dense_models_map_too(make_model_cfg):
     (dict(scoring="softmax", norm_topk_prob=False, use_aux_free_bias=True), "model.use_aux_free_bias"),
     (dict(attention="gqa"), "model.attention"),
     (dict(n_shared_experts=0), "model.n_shared_experts"),
+    (dict(activation="gelu"), "model.activation"), (dict(activation="learned_gelu"), "model.activation"),
+    (dict(qk_norm=True), "model.qk_norm"), (dict(attn_softcap=30.0), "model.attn_softcap"),
+    (dict(logit_softcap=30.0), "model.logit_softcap"), (dict(sliding_window=16), "model.sliding_window"),
+    (dict(router_type="hash"), "model.router_type"), (dict(router_type="expert_choice"), "model.router_type"),
 ])
 def test_configs_the_hf_classes_cannot_compute_are_refused_by_name(overrides, key, make_model_cfg):
     with pytest.raises(ConfigError, match=key):
@@ -118,3 +122,19 @@ def test_hf_configs_moe_lm_cannot_compute_are_refused_by_key(make_model_cfg):
     for key, value in [("n_group", 2), ("rope_interleave", False), ("model_type", "llama")]:
         with pytest.raises(ConfigError, match=key):
             model_config_from_hf({**hf_cfg, key: value}, make_model_cfg())
+
+
+def test_geglu_and_training_only_switches_export_exactly(make_model_cfg):
+    """GeGLU is DeepSeek's MLP with hidden_act=gelu; the sequence-wise loss, the output z-loss and the MTP module
+    change training only, and the MTP weights are left out of the export."""
+    cfg = make_model_cfg(n_layers=3, first_k_dense=1, activation="geglu", mtp_depth=1, aux_loss_scope="sequence",
+                         output_z_loss_coef=1e-4)
+    model = trained(cfg, steps=4)
+    state = to_hf_state_dict(model.state_dict(), cfg)
+    assert not any("mtp" in k for k in state) and hf_config_kwargs(cfg)["hidden_act"] == "gelu"
+    hf = hf_model(cfg, state)
+    x = torch.randint(0, cfg.vocab_size, (2, 15))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).logits, hf(x).logits, atol=1e-5, rtol=1e-5)
+    back = model_config_from_hf(hf.config.to_dict(), cfg, "test")
+    assert back.activation == "geglu" and back.mtp_depth == 0
