@@ -4,7 +4,8 @@ Reads every `result.json` below SWEEP_DIR (one per finished run). A depth x seq_
 active params, tokens, wall time, final train and val loss per run) and val loss against depth
 (moe_lm/eval/sweep_report.py). The specialisation ablation: per arm, mean +/- half range over seeds of the val loss
 per domain, the specialisation scores and the step time, with val loss per domain and own-expert share over
-training as figures (moe_lm/eval/ablation.py).
+training as figures (moe_lm/eval/ablation.py). The architecture ablation: per switch, the val loss against the
+baseline's, per domain, parameters and step time (moe_lm/eval/arch_ablation.py).
 """
 
 from __future__ import annotations

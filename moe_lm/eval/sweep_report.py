@@ -65,12 +65,15 @@ def plot(runs: list[dict], path: Path) -> None:
 
 
 def write_report(sweep: Path) -> tuple[str, list[Path]]:
-    """SWEEP_DIR/report.md and its plots: the ablation report when the runs are arms of the specialisation ablation,
-    else the depth x seq_len table and val_loss.png. Returns the markdown and the figures written."""
+    """SWEEP_DIR/report.md and its plots: the architecture ablation's report when the runs differ in their
+    architecture switches, the ablation report when they are arms of the specialisation ablation, else the depth x seq_len table and val_loss.png. Returns the markdown and the figures written."""
     from moe_lm.eval.ablation import ablation_plots, ablation_table, is_ablation
+    from moe_lm.eval.arch_ablation import arch_plot, arch_table, is_arch_ablation
 
     runs = load_runs(sweep)
-    if is_ablation(runs):
+    if is_arch_ablation(runs):
+        md, figures = arch_table(runs), [arch_plot(runs, sweep)]
+    elif is_ablation(runs):
         md, figures = ablation_table(runs), ablation_plots(runs, sweep)
     else:
         md, figures = table(runs), [sweep / "val_loss.png"]
