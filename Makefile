@@ -34,6 +34,7 @@ bench: install  ## every benchmark, one process each, interleaved rounds; tables
 	$(PY) experiments/bench_memory.py --json $(BENCH_OUT)/memory.json
 	$(PY) experiments/bench_generate.py --json $(BENCH_OUT)/generate.json
 	$(PY) experiments/bench_data.py --json $(BENCH_OUT)/data.json
+	$(PY) experiments/bench_arch_switches.py --json $(BENCH_OUT)/arch_switches.json
 	$(PY) experiments/profile_train_step.py --json $(BENCH_OUT)/profile.json
 
 params: install
