@@ -212,7 +212,9 @@ class MoEStats:
     aux_loss: torch.Tensor  # scalar fp32, switch/GShard balance loss (1.0 when balanced)
     z_loss: torch.Tensor  # scalar fp32, mean squared router logsumexp
     expert_counts: torch.Tensor  # (E,) token slots routed to each expert (masked tokens not counted)
-    topk_idx: torch.Tensor  # (N, K) detached, for routing statistics (every token, masked or not)
+    # (N, K) detached, for routing statistics (every token, masked or not); with expert choice, each token's top-k
+    # experts by score (its preference: the experts that actually took it can differ)
+    topk_idx: torch.Tensor
     topk_weight: torch.Tensor  # (N, K) detached
     router_entropy: torch.Tensor  # scalar: mean entropy (nats) of each token's normalised expert scores
     router_logits: Optional[torch.Tensor] = None  # (N, E) fp32, with gradient in training (router supervision)

@@ -150,3 +150,21 @@ def test_heldout_text_is_evaluated_at_every_validation(tmp_path):
     with open(tmp_path / "run" / "csv" / "metrics.csv", newline="") as f:
         logged = [int(r["step"]) for r in csv.DictReader(f) if r.get("heldout/math/bpb")]
     assert logged == [1, 2]  # at each validation
+
+
+def test_upcycling_a_trained_dense_run_starts_where_it_ended(tmp_path):
+    """dense_tiny learns two lines for 40 steps; moe_tiny with init_from=ckpt:its final.ckpt starts at the dense
+    model's loss (its experts are copies of the dense MLPs, the tokenizer is the checkpoint's), far below a random
+    init's ln(2048) = 7.6. (Exactness is tests/training/test_upcycle.py's.)"""
+    data = tmp_path / "lines.txt"
+    data.write_text(TWO_LINES)
+    common = ["precision=fp32", "trainer.progress_bar=false", "logger.csv=false", "+experiment=overfit_100_lines",
+              f"data.path={data}", "data.sampling=lines", "data.batch_size=2", "eval.reproduce_lines=0",
+              "model.vocab_size=2048", "optimizer.lr=3e-3"]
+    dense = compose(common + ["model=dense_tiny", "model.dense_intermediate_size=64", "trainer.max_steps=40",
+                              f"out_dir={tmp_path}/dense"])
+    dense_loss = train(dense, dense.out_dir)["final_train_loss"]
+    moe = compose(common + ["model=moe_tiny", "trainer.max_steps=1", f"out_dir={tmp_path}/moe",
+                            f"init_from=ckpt:{tmp_path}/dense/checkpoints/final.ckpt"])
+    first = train(moe, moe.out_dir)["final_train_loss"]  # the loss of step 1's batch, before the update
+    assert dense_loss < 5.0 and abs(first - dense_loss) < 0.5, (dense_loss, first)  # measured: 3.06 and 3.04
