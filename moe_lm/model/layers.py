@@ -77,5 +77,5 @@ class FeedForward(nn.Module):
             return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
         h = self.up_proj(x)  # (..., I)
         if self.act_scale is not None:
-            h = h * self.act_scale + self.act_shift
+            h = h * self.act_scale.to(h.dtype) + self.act_shift.to(h.dtype)
         return self.down_proj(self.act(h))

@@ -161,8 +161,8 @@ class RoutedExperts(nn.Module):
         if self.gated:
             gate, up = h.chunk(2, dim=-1)  # (n, I) each
             return self.act(gate) * (up * w.to(up.dtype))  # (n, I)
-        if self.act_scale is not None:
-            h = h * self.act_scale[expert] + self.act_shift[expert]
+        if self.act_scale is not None:  # in h's dtype: grouped_mm takes no mixed operands
+            h = h * self.act_scale[expert].to(h.dtype) + self.act_shift[expert].to(h.dtype)
         return self.act(h) * w.to(h.dtype)
 
     def _loop(self, x_sorted: torch.Tensor, w_sorted: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
@@ -189,7 +189,7 @@ class RoutedExperts(nn.Module):
             h = self.act(gate) * up
         else:
             if self.act_scale is not None:
-                h = h * self.act_scale[:, None] + self.act_shift[:, None]
+                h = h * self.act_scale[:, None].to(h.dtype) + self.act_shift[:, None].to(h.dtype)
             h = self.act(h)
         y = torch.bmm(h, self.down_proj.transpose(1, 2))  # (E, N, D)
         return torch.einsum("end,ne->nd", y, combine.to(y.dtype)).to(x.dtype)  # (N, D)

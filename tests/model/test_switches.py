@@ -58,6 +58,26 @@ def test_every_dispatch_path_agrees_for_each_activation(activation, make_model_c
             torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("extra", [dict(activation="learned_gelu"), dict(activation="gelu"),
+                                   dict(router_type="expert_choice"), dict(router_type="hash"), dict(mtp_depth=1),
+                                   dict(qk_norm=True, attn_softcap=5.0, logit_softcap=5.0, output_z_loss_coef=1e-3,
+                                        sliding_window=4, window_pattern="LG", aux_loss_scope="sequence")])
+@pytest.mark.parametrize("impl", ["auto", "loop", "bmm"])
+def test_every_switch_trains_under_bf16_autocast(extra, impl, make_model_cfg):
+    """The training forward and backward run in bf16 autocast (the experiments' precision) on every dispatch path,
+    and stay close to fp32."""
+    torch.manual_seed(0)
+    model = MoETransformer(make_model_cfg(moe_impl=impl, **extra)).train()
+    x = torch.randint(0, 101, (2, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x[:, :-1], targets=x[:, 1:], ce_chunk_size=7)
+    loss = out.ce_sum + (out.mtp_loss if out.mtp_loss is not None else 0)
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    ref = model(x[:, :-1], targets=x[:, 1:]).ce_sum
+    torch.testing.assert_close(out.ce_sum, ref, rtol=2e-2, atol=0)
+
+
 def test_expert_reference_for_learned_gelu(make_model_cfg):
     """Expert e on its tokens is gelu(scale_e * (x W_up_e) + shift_e) W_down_e, times the router weight."""
     torch.manual_seed(0)
