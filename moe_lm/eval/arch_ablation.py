@@ -60,17 +60,16 @@ def arch_plot(runs: list[dict], sweep: Path) -> Path:
     groups = by_switch(runs)
     names = list(groups)
     vals = [spread([r["val/loss"] for r in groups[n] if "val/loss" in r]) for n in names]
-    fig, ax = plt.subplots(figsize=(7, 0.35 * len(names) + 1.5))
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(names) + 1.5))
     ax.barh(range(len(names)), [m for m, _ in vals], xerr=[s for _, s in vals], color="tab:blue")
     if BASELINE in groups:
         ax.axvline(vals[names.index(BASELINE)][0], color="gray", linestyle="--", linewidth=1, label="baseline")
         ax.legend()
     ax.set_yticks(range(len(names)), names)
     ax.invert_yaxis()
-    lo = min(m - s for m, s in vals)
-    ax.set_xlim(left=lo - 0.05)
+    ax.set_xlim(min(m - s for m, s in vals) - 0.05, max(m + s for m, s in vals) + 0.05)
     ax.set_xlabel("final val loss (nats/token)")
-    ax.set_title("architecture switches (mean over seeds, bars: half range)")
+    ax.set_title("final val loss per switch (mean over seeds; bars: half range)")
     fig.tight_layout()
     path = sweep / "arch_val_loss.png"
     fig.savefig(path, dpi=120)
