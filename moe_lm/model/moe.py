@@ -184,13 +184,8 @@ class RoutedExperts(nn.Module):
         E, (N, D) = self.n_experts, x.shape
         combine = torch.zeros(N, E, dtype=topk_weight.dtype, device=x.device).scatter(1, topk_idx, topk_weight)
         h = torch.bmm(x.unsqueeze(0).expand(E, N, D), self.in_proj.transpose(1, 2))  # (E, N, 2I or I)
-        if self.gated:
-            gate, up = h.chunk(2, dim=-1)  # (E, N, I) each
-            h = self.act(gate) * up
-        else:
-            if self.act_scale is not None:
-                h = h * self.act_scale[:, None].to(h.dtype) + self.act_shift[:, None].to(h.dtype)
-            h = self.act(h)
+        expert = torch.arange(E, device=x.device)[:, None] if self.act_scale is not None else None
+        h = self._hidden(h, h.new_ones(()), expert)  # (E, N, I), unweighted: the router weights come after
         y = torch.bmm(h, self.down_proj.transpose(1, 2))  # (E, N, D)
         return torch.einsum("end,ne->nd", y, combine.to(y.dtype)).to(x.dtype)  # (N, D)
 
@@ -239,7 +234,8 @@ def load_balance_loss(scores: torch.Tensor, counts: torch.Tensor, top_k: int, sc
 def sequence_balance_loss(scores: torch.Tensor, topk_idx: torch.Tensor, top_k: int, scoring: str,
                           mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """DeepSeek-V3's complementary sequence-wise loss: the same E * sum_i f_i * P_i, with f and P taken over each
-    sequence's tokens instead of the batch's, averaged over sequences (1.0 when every sequence is balanced).
+    sequence's tokens instead of the batch's, averaged over the sequences with a counted token (1.0 when every
+    sequence is balanced).
 
     scores: (B, T, E); topk_idx: (B, T, K); mask: optional (B, T) float, 1 for the tokens that count."""
     B, T, E = scores.shape
@@ -249,7 +245,8 @@ def sequence_balance_loss(scores: torch.Tensor, topk_idx: torch.Tensor, top_k: i
     picks = (topk_idx[..., None] == torch.arange(E, device=scores.device)).sum(2).float()  # (B, T, E)
     f = (picks * m[..., None]).sum(1) / (n[:, None] * top_k)  # (B, E) share of each sequence's slots
     p_mean = (probs.float() * m[..., None]).sum(1) / n[:, None]  # (B, E)
-    return E * (f * p_mean).sum(-1).mean()
+    has = (m.sum(1) > 0).float()  # (B,) sequences that are all padding do not count
+    return E * ((f * p_mean).sum(-1) * has).sum() / has.sum().clamp_min(1)
 
 
 def router_z_loss(logits: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -88,8 +88,10 @@ def test_sequence_loss_is_the_batch_loss_of_each_sequence_averaged():
     torch.manual_seed(0)
     scores = torch.rand(3, 8, 5)
     idx = scores.topk(2, dim=-1).indices
-    mask = torch.ones(3, 8)
+    mask = torch.ones(4, 8)
     mask[2, 5:] = 0
+    mask[3] = 0  # all padding: left out of the mean
+    scores, idx = torch.cat([scores, torch.rand(1, 8, 5)]), torch.cat([idx, idx[:1]])
     per_seq = []
     for b in range(3):
         keep = mask[b] > 0
