@@ -1,9 +1,24 @@
-"""The specialisation ablation's multirun composes, and a 2-arm, few-step version runs and reports."""
+"""The two ablations' multiruns compose, and 2-arm, few-step versions run and report."""
 
 import subprocess
 import sys
 
 from moe_lm.cli import compose
+
+DOMAINS = ("math", "code", "science", "legal", "chat", "web")
+
+
+def sweep_and_report(tmp_path, shared_data, *overrides: str) -> dict[str, str]:
+    """Run a tiny multirun on ../shared's samples, then `moe_lm.report`: its table rows by first cell."""
+    budgets = [f"data.domains.{d}.token_budget=20000" for d in DOMAINS]
+    subprocess.run([sys.executable, "-m", "moe_lm.train", "-m", *overrides, "seed=1", "model.vocab_size=1024",
+                    "tokenizer.vocab_size=1024", "data.seq_len=32", "data.batch_size=4", "trainer.max_steps=4",
+                    "trainer.progress_bar=false", f"paths.data_root={shared_data}", f"data.shards={tmp_path}/shards",
+                    f"prepare.out={tmp_path}/shards", f"prepare.tokenizer={tmp_path}/tok/tokenizer.json",
+                    f"hydra.sweep.dir={tmp_path / 'sweep'}", *budgets], check=True, capture_output=True)
+    out = subprocess.run([sys.executable, "-m", "moe_lm.report", f"dir={tmp_path / 'sweep'}"], check=True,
+                         capture_output=True, text=True).stdout
+    return {ln.split("|")[1].strip(): ln for ln in out.splitlines() if ln.startswith("| ") and "---" not in ln}
 
 
 def test_every_arm_composes_to_its_setting():
@@ -16,17 +31,9 @@ def test_every_arm_composes_to_its_setting():
 
 
 def test_two_arm_ablation_runs_and_reports(tmp_path, shared_data):
+    rows = sweep_and_report(tmp_path, shared_data, "+experiment=specialisation_ablation", "+arm=dense,guided",
+                            "data.round_robin_steps=2", "trainer.val_check_interval=2")
     sweep = tmp_path / "sweep"
-    budgets = [f"data.domains.{d}.token_budget=20000" for d in ("math", "code", "science", "legal", "chat", "web")]
-    subprocess.run([sys.executable, "-m", "moe_lm.train", "-m", "+experiment=specialisation_ablation", "+arm=dense,guided",
-                    "seed=1", "model.vocab_size=1024", "tokenizer.vocab_size=1024", "data.seq_len=32", "data.batch_size=4",
-                    "data.round_robin_steps=2", "trainer.max_steps=4", "trainer.val_check_interval=2",
-                    "trainer.progress_bar=false", f"paths.data_root={shared_data}", f"data.shards={tmp_path}/shards",
-                    f"prepare.out={tmp_path}/shards", f"prepare.tokenizer={tmp_path}/tok/tokenizer.json",
-                    f"hydra.sweep.dir={sweep}", *budgets], check=True, capture_output=True)
-    out = subprocess.run([sys.executable, "-m", "moe_lm.report", f"dir={sweep}"], check=True, capture_output=True,
-                         text=True).stdout
-    rows = {ln.split("|")[1].strip(): ln for ln in out.splitlines() if ln.startswith("| ") and "---" not in ln}
     assert set(rows) == {"arm", "dense", "guided"}
     assert rows["dense"].count(" - ") >= 4  # a dense model has no routing scores
     assert "own share" in rows["arm"] and rows["guided"].count(" - ") == 0
@@ -37,17 +44,9 @@ def test_two_arm_ablation_runs_and_reports(tmp_path, shared_data):
 def test_architecture_ablation_runs_and_reports(tmp_path, shared_data):
     """Two arms of +experiment=architecture_ablation through Lightning (the MTP arm logs its own loss), then the
     report's one row per switch setting."""
+    rows = sweep_and_report(tmp_path, shared_data, "+experiment=architecture_ablation", "+arch=baseline,mtp",
+                            "trainer.val_check_interval=4", "trainer.log_every_n_steps=1")
     sweep = tmp_path / "sweep"
-    budgets = [f"data.domains.{d}.token_budget=20000" for d in ("math", "code", "science", "legal", "chat", "web")]
-    subprocess.run([sys.executable, "-m", "moe_lm.train", "-m", "+experiment=architecture_ablation", "+arch=baseline,mtp",
-                    "seed=1", "model.vocab_size=1024", "tokenizer.vocab_size=1024", "data.seq_len=32", "data.batch_size=4",
-                    "trainer.max_steps=4", "trainer.val_check_interval=4", "trainer.log_every_n_steps=1",
-                    "trainer.progress_bar=false", f"paths.data_root={shared_data}", f"data.shards={tmp_path}/shards",
-                    f"prepare.out={tmp_path}/shards", f"prepare.tokenizer={tmp_path}/tok/tokenizer.json",
-                    f"hydra.sweep.dir={sweep}", *budgets], check=True, capture_output=True)
-    out = subprocess.run([sys.executable, "-m", "moe_lm.report", f"dir={sweep}"], check=True, capture_output=True,
-                         text=True).stdout
-    rows = {ln.split("|")[1].strip(): ln for ln in out.splitlines() if ln.startswith("| ") and "---" not in ln}
     assert set(rows) == {"switch", "baseline", "mtp_depth=1"}
     assert "vs baseline" in rows["switch"] and (sweep / "arch_val_loss.png").stat().st_size > 1000
     metrics = next((sweep / "1").rglob("metrics.csv")).read_text()
