@@ -66,7 +66,9 @@ def plot(runs: list[dict], path: Path) -> None:
 
 def write_report(sweep: Path) -> tuple[str, list[Path]]:
     """SWEEP_DIR/report.md and its plots: the architecture ablation's report when the runs differ in their
-    architecture switches, the ablation report when they are arms of the specialisation ablation, else the depth x seq_len table and val_loss.png. Returns the markdown and the figures written."""
+    architecture switches, the ablation report when they are arms of the specialisation ablation, else the depth x
+    seq_len table and val_loss.png. Runs that started but wrote no result.json (failed, stopped or still running)
+    are listed under the table: a missing arm is never silent. Returns the markdown and the figures written."""
     from moe_lm.eval.ablation import ablation_plots, ablation_table, is_ablation
     from moe_lm.eval.arch_ablation import arch_plot, arch_table, is_arch_ablation
 
@@ -78,5 +80,17 @@ def write_report(sweep: Path) -> tuple[str, list[Path]]:
     else:
         md, figures = table(runs), [sweep / "val_loss.png"]
         plot(runs, figures[0])
+    missing = unfinished_runs(sweep)
+    if missing:
+        md += (f"\n\n**{len(missing)} run(s) without result.json** (failed, stopped or still running; see their "
+               f"train.log): " + ", ".join(missing))
     (sweep / "report.md").write_text(md + "\n")
     return md, figures
+
+
+def unfinished_runs(sweep: Path) -> list[str]:
+    """Run directories below the sweep (each holds the config.yaml a run writes first) without a result.json;
+    Hydra's own .hydra/config.yaml files are not runs."""
+    return sorted(str(f.parent.relative_to(sweep)) for f in sweep.rglob("config.yaml")
+                  if not (f.parent / "result.json").exists()
+                  and not any(part.startswith(".") for part in f.relative_to(sweep).parts))

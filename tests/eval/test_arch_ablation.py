@@ -27,3 +27,14 @@ def test_rows_differences_and_the_spread_flag(tmp_path):
     assert "0.00M | 0.00M" in lines["baseline"] and "| 4.510 ± 0.010 |" in lines["baseline"]
     assert figures[0].name == "arch_val_loss.png" and figures[0].stat().st_size > 0
     assert (tmp_path / "report.md").read_text().strip() == md.strip()
+
+
+def test_a_run_that_wrote_no_result_is_named(tmp_path):
+    for i, arch in enumerate(["baseline", "qk_norm=True"]):
+        _run(tmp_path / str(i), arch, 1, 4.0)
+    (tmp_path / "0" / ".hydra").mkdir()
+    (tmp_path / "0" / ".hydra" / "config.yaml").write_text("model: {}\n")  # Hydra's copy, not a run
+    (tmp_path / "2").mkdir()
+    (tmp_path / "2" / "config.yaml").write_text("model: {}\n")  # started, then failed
+    md, _ = write_report(tmp_path)
+    assert md.splitlines()[-1].startswith("**1 run(s) without result.json**") and md.endswith(": 2")
