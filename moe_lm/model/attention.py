@@ -75,7 +75,6 @@ class QKNorm(nn.Module):
         self.k = nn.ModuleList(RMSNorm(d, eps) for d in dims)
 
 
-
 class MultiHeadLatentAttention(nn.Module):
     """Keys/values are rebuilt from a C-dim latent; one R-dim RoPE key is shared by all heads."""
 

@@ -78,7 +78,8 @@ def hf_config_kwargs(cfg: ModelConfig) -> dict[str, Any]:
         n_routed_experts=cfg.n_routed_experts, routed_scaling_factor=cfg.routed_scaling_factor,
         kv_lora_rank=cfg.kv_lora_rank, q_lora_rank=cfg.q_lora_rank, qk_rope_head_dim=cfg.qk_rope_head_dim,
         qk_nope_head_dim=cfg.qk_nope_head_dim, v_head_dim=cfg.v_head_dim, num_experts_per_tok=cfg.top_k,
-        first_k_dense_replace=cfg.first_k_dense, norm_topk_prob=cfg.norm_topk_prob, hidden_act=HF_ACTIVATIONS[cfg.activation],
+        first_k_dense_replace=cfg.first_k_dense, norm_topk_prob=cfg.norm_topk_prob,
+        hidden_act=HF_ACTIVATIONS[cfg.activation],
         max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps, tie_word_embeddings=cfg.tie_embeddings,
         rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta}, attention_bias=False,
         n_group=1, topk_group=1,
@@ -100,10 +101,11 @@ def hf_config_dict(cfg: ModelConfig, dtype: str, token_ids: dict[str, int]) -> d
 def to_hf_state_dict(state_dict: dict[str, torch.Tensor], cfg: ModelConfig | None = None,
                      per_expert: bool = False) -> dict[str, torch.Tensor]:
     """Rename a moe_lm state dict to the HF DeepSeek one (runtime-only buffers dropped). With `cfg`, exactly what the
-    HF class holds: no multi-token-prediction module (a training aid), no LM head when it is tied, the selection bias zeroed where moe_lm does not apply it (V3
-    always adds it) and dropped where the class has none (V2). `per_expert`: the layout of files on disk (DeepSeek's
-    own checkpoints, and what transformers writes and reads: `experts.{e}.{gate,up,down}_proj.weight`), instead of
-    the fused (E, 2I, D) / (E, D, I) tensors transformers 5 holds in memory."""
+    HF class holds: no multi-token-prediction module (a training aid), no LM head when it is tied, the selection
+    bias zeroed where moe_lm does not apply it (V3 always adds it) and dropped where the class has none (V2).
+    `per_expert`: the layout of files on disk (DeepSeek's own checkpoints, and what transformers writes and reads:
+    `experts.{e}.{gate,up,down}_proj.weight`), instead of the fused (E, 2I, D) / (E, D, I) tensors transformers 5
+    holds in memory."""
     v2 = cfg is not None and hf_model_type(cfg) == "deepseek_v2"
     out = {}
     for name, t in state_dict.items():
@@ -191,7 +193,8 @@ def model_config_from_hf(hf: dict[str, Any], base: ModelConfig, where: str = "co
         norm_topk_prob=bool(hf.get("norm_topk_prob", False)) if v3 else False,  # V2 ignores the key
         routed_scaling_factor=float(hf.get("routed_scaling_factor", 1.0)),
         first_k_dense=hf.get("first_k_dense_replace", 0), dense_intermediate_size=hf["intermediate_size"],
-        activation=_activation(hf.get("hidden_act", "silu"), where), tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        activation=_activation(hf.get("hidden_act", "silu"), where),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         norm_eps=float(hf.get("rms_norm_eps", 1e-6)), use_aux_free_bias=v3, mtp_depth=0, window_pattern="L",
         **dict(NOT_IN_DEEPSEEK))
     try:

@@ -36,9 +36,9 @@ def resolve_init(cfg: TrainConfig) -> tuple[TrainConfig, Tokenizer | None]:
         return cfg, None
     path = _checkpoint_path(cfg)
     if path is not None:
-        from moe_lm.training.upcycle import check_compatible, source_config
+        from moe_lm.training.upcycle import check_compatible, read_source
 
-        src_cfg, tok_json = source_config(path)
+        src_cfg, _, tok_json = read_source(path)
         check_compatible(src_cfg, cfg.model)
         return cfg, Tokenizer.from_str(tok_json) if tok_json else None
     from moe_lm.inference.hf_dir import hf_model_config

@@ -52,29 +52,30 @@ def upcycled_state(source: dict[str, torch.Tensor], src_cfg: ModelConfig, model:
             continue
         G = _slices(cfg.moe_intermediate_size, src_cfg.dense_intermediate_size, key)
         I, E = cfg.moe_intermediate_size, cfg.n_routed_experts
-        piece = {n: source[f"{dense}{n}_proj.weight"] for n in ("gate", "up", "down") if f"{dense}{n}_proj.weight" in source}
-        act = {n: source[f"{dense}act_{n}"] for n in ("scale", "shift") if f"{dense}act_{n}" in source}
+        part = {n: source[f"{dense}{n}"] for n in ("gate_proj.weight", "up_proj.weight", "down_proj.weight",
+                                                      "act_scale", "act_shift") if f"{dense}{n}" in source}
+        gated = "gate_proj.weight" in part
 
-        def rows(t: torch.Tensor, g: int) -> torch.Tensor:
-            return t[g * I:(g + 1) * I]  # hidden units of slice g
+        def hidden_units(t: torch.Tensor, g: int, dim: int = 0) -> torch.Tensor:
+            return t.narrow(dim, g * I, I)  # the hidden units of slice g
 
-        ins = [torch.cat([rows(piece["gate"], e % G), rows(piece["up"], e % G)]) if "gate" in piece
-               else rows(piece["up"], e % G) for e in range(E)]
-        state[f"{dense}experts.{'gate_up_proj' if 'gate' in piece else 'up_proj'}"] = torch.stack(ins)  # (E, 2I|I, D)
-        state[f"{dense}experts.down_proj"] = torch.stack([piece["down"][:, (e % G) * I:(e % G + 1) * I]
-                                                        for e in range(E)])  # (E, D, I)
-        for n, t in act.items():
-            state[f"{dense}experts.act_{n}"] = torch.stack([rows(t, e % G) for e in range(E)])  # (E, I)
+        def stacked(name: str, n: int, dim: int = 0) -> torch.Tensor:  # experts 0..n-1 take slices e mod G
+            return torch.stack([hidden_units(part[name], e % G, dim) for e in range(n)])
+
+        ins = stacked("up_proj.weight", E)  # (E, I, D)
+        if gated:
+            ins = torch.cat([stacked("gate_proj.weight", E), ins], dim=1)  # (E, 2I, D), gate rows first
+        state[f"{dense}experts.{'gate_up_proj' if gated else 'up_proj'}"] = ins
+        state[f"{dense}experts.down_proj"] = stacked("down_proj.weight", E, dim=1)  # (E, D, I)
+        for n in ("act_scale", "act_shift"):
+            if n in part:
+                state[f"{dense}experts.{n}"] = stacked(n, E)  # (E, I)
         if layer.mlp.shared_experts is not None:  # slices of the dense MLP too, adding nothing at step 0
-            S = cfg.n_shared_experts
-            for n in piece:
-                w = piece[n]
-                if n == "down":
-                    state[f"{dense}shared_experts.down_proj.weight"] = torch.zeros_like(own[f"{dense}shared_experts.down_proj.weight"])
-                else:
-                    state[f"{dense}shared_experts.{n}_proj.weight"] = torch.cat([rows(w, s % G) for s in range(S)])
-            for n, t in act.items():
-                state[f"{dense}shared_experts.act_{n}"] = torch.cat([rows(t, s % G) for s in range(S)])
+            shared, S = f"{dense}shared_experts.", cfg.n_shared_experts
+            for n in part:
+                if n != "down_proj.weight":
+                    state[shared + n] = stacked(n, S).flatten(0, 1)  # (S*I, ...)
+            state[shared + "down_proj.weight"] = torch.zeros_like(own[shared + "down_proj.weight"])
     random = sorted(k for k, _ in model.named_parameters() if k not in state)  # (buffers start at zero)
     return state, random
 
@@ -91,12 +92,17 @@ def exact_upcycle(src_cfg: ModelConfig, cfg: ModelConfig) -> list[str]:
     return why
 
 
-def load_upcycled(model: MoETransformer, path: str, key: str = "init_from") -> None:
+def read_source(path: str, key: str = "init_from") -> tuple[ModelConfig, dict[str, torch.Tensor], str | None]:
+    """(the checkpoint's model config, its model weights by model-relative name, its tokenizer JSON or None)."""
     from moe_lm.inference.checkpoint import load_checkpoint, model_config_from
 
     ckpt = load_checkpoint(path, key)
-    src_cfg = model_config_from(ckpt["moe_lm_config"]["model"], key)
-    source = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    weights = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    return model_config_from(ckpt["moe_lm_config"]["model"], key), weights, ckpt.get("tokenizer_json")
+
+
+def load_upcycled(model: MoETransformer, path: str, key: str = "init_from") -> None:
+    src_cfg, source, _ = read_source(path, key)
     state, random = upcycled_state(source, src_cfg, model, key)
     own = model.state_dict()
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
@@ -104,12 +110,3 @@ def load_upcycled(model: MoETransformer, path: str, key: str = "init_from") -> N
     why = exact_upcycle(src_cfg, model.cfg)
     if why and any(".experts." in k for k in state):
         print("init_from: the upcycled model starts near the dense one, not on it: " + "; ".join(why))
-
-
-def source_config(path: str, key: str = "init_from") -> tuple[ModelConfig, str | None]:
-    """(the checkpoint's model config, its tokenizer JSON or None), read before anything is built."""
-    from moe_lm.inference.checkpoint import load_checkpoint, model_config_from
-
-    ckpt = load_checkpoint(path, key)
-    return model_config_from(ckpt["moe_lm_config"]["model"], key), ckpt.get("tokenizer_json")
-
