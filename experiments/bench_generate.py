@@ -1,35 +1,38 @@
-"""Decoding speed: moe_lm's generate path (preallocated latent KV cache) against recomputing the prefix, and
-cache bytes per token (MLA vs MHA).
+"""Decoding speed: moe_lm's generate path (preallocated latent KV cache; eager, or compiled over a fixed-shape cache;
+row- or column-major weights) against recomputing the prefix, and cache bytes per token (MLA vs MHA).
 
     python experiments/bench_generate.py [--prompt 64] [--new 256] [--batch 1] [--reps 5] [--json PATH]
 
-moe_100m with random weights, greedy, fp32 on CPU or bf16 on CUDA, three cases timed in interleaved rounds:
-- "cached": moe_lm.inference.decode.generate_ids, the path `moe_lm.generate` runs;
-- "cached, growing cache": the same model stepped by hand with a cache that grows by concatenation and gathers
-  routing statistics every step (how decoding worked before the preallocated cache);
-- "recompute": the whole sequence through the model for every new token (no cache), the baseline a cache removes.
+moe_100m with random weights, greedy, fp32 on CPU or bf16 on CUDA, cases timed in interleaved rounds (compiling
+happens in the warm-up):
+- "cached": moe_lm.inference.decode.generate_ids, eager (sampling compile=false);
+- "cached, column-major": the same on a copy of the model whose weights are column-major (column_major_weights,
+  what `python -m moe_lm.generate` does on the CPU);
+- "cached, compiled" and "cached, compiled, column-major": sampling compile=true (the one-token step compiled over
+  a StaticKVCache; a CUDA graph on a GPU);
+- "recompute": the whole sequence through the model (its own row-major weights) for every new token, no cache, no
+  routing statistics: the baseline a cache removes.
 """
-
 from __future__ import annotations
+
+import copy
 
 import torch
 
 from benchlib import arguments, device_name, interleaved, summarise, table, write_json
 from moe_lm.cli import compose
 from moe_lm.config import SamplingConfig
-from moe_lm.inference.decode import generate_ids
+from moe_lm.inference.decode import column_major_weights, generate_ids
 from moe_lm.model import MoETransformer
 from moe_lm.model.cache import KVCache
 
 
 @torch.no_grad()
-def by_hand(model: MoETransformer, prompt: torch.Tensor, new: int, cached: bool) -> torch.Tensor:
-    """Greedy decoding of `new` tokens after `prompt` (B, P), with a growing cache or none."""
-    ids, nxt = prompt, None
-    cache = KVCache(model.cfg.n_layers) if cached else None
+def recompute(model: MoETransformer, prompt: torch.Tensor, new: int) -> torch.Tensor:
+    """Greedy decoding of `new` tokens after `prompt` (B, P), the whole sequence recomputed for each."""
+    ids = prompt
     for _ in range(new):
-        step_in = ids if (not cached or nxt is None) else nxt
-        nxt = model(step_in, cache=cache).logits[:, -1].argmax(-1, keepdim=True)
+        nxt = model(ids, routing_stats=False).logits[:, -1].argmax(-1, keepdim=True)
         ids = torch.cat([ids, nxt], dim=1)
     return ids[:, prompt.shape[1]:]
 
@@ -53,17 +56,22 @@ def main() -> None:
     torch.manual_seed(0)
     model = MoETransformer(cfg).to(device, dtype).eval()
     prompt = torch.randint(0, cfg.vocab_size, (args.batch, args.prompt), device=device)
-    greedy = SamplingConfig(max_new_tokens=args.new, temperature=0.0)
+    col = column_major_weights(copy.deepcopy(model))
     outputs = {}
 
-    def run(name, fn):
-        def call():
-            outputs[name] = fn()
-        return call
+    def cached(name, m, compile_):
+        sampling = SamplingConfig(max_new_tokens=args.new, temperature=0.0, compile=compile_)
 
-    cases = {"cached": run("cached", lambda: torch.tensor(list(generate_ids(model, prompt.tolist(), greedy)))),
-             "cached, growing cache": run("grow", lambda: by_hand(model, prompt, args.new, True)),
-             "recompute": run("recompute", lambda: by_hand(model, prompt, args.new, False))}
+        def call():
+            outputs[name] = torch.tensor(list(generate_ids(m, prompt.tolist(), sampling)))
+        return name, call
+
+    def baseline():
+        outputs["recompute"] = recompute(model, prompt, args.new)
+
+    cases = dict([cached("cached", model, False), cached("cached, column-major", col, False),
+                  cached("cached, compiled", model, True), cached("cached, compiled, column-major", col, True),
+                  ("recompute", baseline)])
     print(f"device: {device_name(device)}; moe_100m, {dtype}, batch {args.batch}, prompt {args.prompt} + "
           f"{args.new} new tokens, greedy; {args.reps} interleaved rounds after {args.warmup} warm-up\n")
     times = interleaved(cases, args.reps, args.warmup, device)

@@ -538,6 +538,8 @@ class SamplingConfig:
     no_repeat_ngram_size: int = 0  # 0 = off
     stop: List[str] = field(default_factory=list)
     seed: Optional[int] = None
+    # torch.compile the one-token step over a fixed-shape cache (a CUDA graph on a GPU); the first call compiles
+    compile: bool = False
 
     def __post_init__(self) -> None:
         def check(ok: bool, name: str, msg: str) -> None:

@@ -3,6 +3,8 @@
 Tokens are printed as they are produced (moe_lm/inference/decode.py, with the KV cache). `chat=true` runs a
 multi-turn chat from stdin. The prompt is taken verbatim (colons, quotes and all), or read from
 `prompt_file=PATH` (`prompt_file=-` reads stdin); every other key is a sampling setting of conf/generate.yaml.
+On the CPU the weights are laid out column-major first (faster one-row matmuls); `compile=true` compiles the
+one-token step (a CUDA graph on a GPU), which pays from a few hundred tokens on.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ EXAMPLE = ('python -m moe_lm.generate ckpt=runs/overfit_100_lines/checkpoints/fi
 def main(cfg: GenerateConfig) -> None:
     from moe_lm.data.bpe import EOT, chat_text, has_chat_tokens
     from moe_lm.inference.checkpoint import CheckpointError, load_model
-    from moe_lm.inference.decode import stream_text
+    from moe_lm.inference.decode import column_major_weights, stream_text
 
     model, tok, _ = load_model(cfg.ckpt, cfg.device)
+    if model.embed_tokens.weight.device.type == "cpu":
+        column_major_weights(model)  # one-row matmuls read it faster on the CPU
     if tok is None:
         raise CheckpointError(f"ckpt: {cfg.ckpt} carries no tokenizer")
     eot = tok.token_to_id(EOT)

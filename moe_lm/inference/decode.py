@@ -1,4 +1,5 @@
-"""Decoding with the KV cache: greedy for one prompt, and batched generation with samplers.
+"""Decoding with the KV cache: greedy for one prompt, and batched generation with samplers; optionally with the
+one-token step compiled (sampling compile=true) and the weights laid out for one-row matmuls (column_major_weights).
 
 Batched prompts of different lengths are left-padded. Each row's RoPE positions start at 0 at its
 first real token and padded keys are masked out, so a padded row computes exactly what it would alone.
@@ -11,11 +12,14 @@ import warnings
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 import torch
+from torch import nn
 
 from moe_lm.config import SamplingConfig
 from moe_lm.inference.logits_processors import build_processors, next_token
 from moe_lm.model import MoETransformer
-from moe_lm.model.cache import KVCache
+from moe_lm.model.cache import KVCache, StaticKVCache
+
+STATIC_CACHE_BUCKET = 256  # a compiled step's cache holds a multiple of this many slots: few shapes, few compiles
 
 
 @torch.no_grad()
@@ -60,12 +64,40 @@ def _prefill_mask(valid: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def column_major_weights(model: nn.Module) -> nn.Module:
+    """Store every weight matrix of `model` column-major, in place: the same values, each (out, in) matrix (and each
+    expert's, in a stacked (E, out, in)) held as the transpose of a contiguous (in, out) one. Decoding multiplies
+    one row per sequence by every weight, and on the project's CPU (MKL on AMD EPYC) such matmuls run faster from
+    this layout (README, "Decoding"; `python -m moe_lm.generate` applies it on the CPU). Meant for inference:
+    the model still trains, but many-row matmuls gain nothing from it."""
+    for p in model.parameters():
+        if p.dim() >= 2:
+            p.data = p.data.transpose(-1, -2).contiguous().transpose(-1, -2)
+    return model
+
+
+def one_token_step(model: MoETransformer, tok: torch.Tensor, cache: KVCache, positions: torch.Tensor,
+                   mask: torch.Tensor) -> torch.Tensor:
+    """tok (B, 1), positions (B, 1), mask (B, 1, 1, S) -> next-token logits (B, V): one decoding step."""
+    return model(tok, cache=cache, positions=positions, attn_mask=mask, routing_stats=False).logits[:, -1]
+
+
+def step_function(model: MoETransformer, compiled: bool, device: torch.device) -> Callable[..., torch.Tensor]:
+    """one_token_step, or it compiled: one graph for a given batch size and cache length (StaticKVCache), replayed
+    as a CUDA graph on a GPU ("reduce-overhead"); on the CPU, inductor fuses the elementwise work between matmuls."""
+    if not compiled:
+        return one_token_step
+    return torch.compile(one_token_step, dynamic=False, mode="reduce-overhead" if device.type == "cuda" else None)
+
+
+@torch.no_grad()
 def generate_ids(model: MoETransformer, prompts: list[list[int]], cfg: SamplingConfig, eos_id: Optional[int] = None,
                  stream: bool = False) -> Iterator[list[int]]:
     """Generate continuations (token ids, prompt excluded) for a batch of prompts.
 
     With stream=True, yields the list of new tokens of row 0 after every step (for printing as they come);
-    otherwise yields each row's continuation once, at the end.
+    otherwise yields each row's continuation once, at the end. cfg.compile: the prompt is read eagerly, then every
+    new token comes from the compiled one-token step over a StaticKVCache of a bucketed length (the same tokens).
     """
     model.eval()
     device = next(model.parameters()).device
@@ -77,17 +109,26 @@ def generate_ids(model: MoETransformer, prompts: list[list[int]], cfg: SamplingC
     B, P = ids.shape
     positions = (valid.long().cumsum(-1) - 1).clamp_min(0)  # (B, P): 0 at each row's first real token
     steps = min(cfg.max_new_tokens, max_ctx - P)
-    cache = KVCache(model.cfg.n_layers, max_len=P + steps)  # allocated once, written in place
-    logits = model(ids, cache=cache, positions=positions, attn_mask=_prefill_mask(valid), routing_stats=False
-                   ).logits[:, -1]
+    if cfg.compile:  # fixed shapes: every step attends over all S slots, the unfilled ones masked
+        S = min(max_ctx, -(-(P + steps) // STATIC_CACHE_BUCKET) * STATIC_CACHE_BUCKET)
+        cache: KVCache = StaticKVCache(model.cfg.n_layers, S, device)
+    else:  # every step attends over the filled slots only
+        S = P + steps
+        cache = KVCache(model.cfg.n_layers, max_len=S)  # allocated once, written in place
+    # the attention mask over the cache's slots, allocated once: the prompt's real tokens, then each new token's
+    # slot switched on as it is written
+    mask = torch.zeros(B, 1, 1, S, dtype=torch.bool, device=device)
+    mask[:, 0, 0, :P] = valid
+    prefill_mask = _prefill_mask(valid)  # (B, 1, P, P)
+    if cfg.compile:
+        prefill_mask = torch.cat((prefill_mask, prefill_mask.new_zeros(B, 1, P, S - P)), -1)  # (B, 1, P, S)
+    logits = model(ids, cache=cache, positions=positions, attn_mask=prefill_mask, routing_stats=False).logits[:, -1]
+    step_fn = step_function(model, cfg.compile, device)
     gen = torch.Generator(device=device).manual_seed(cfg.seed) if cfg.seed is not None else None
     procs = build_processors(cfg)
-    # every position this call can fill, allocated once: the token history (-1 = padding, ignored by the
-    # penalties) and the attention mask over the cache
+    # the token history, allocated once (-1 = padding, ignored by the penalties)
     history = torch.full((B, P + steps), -1, dtype=ids.dtype, device=device)
     history[:, :P] = ids.masked_fill(~valid, -1)
-    mask = torch.ones(B, 1, 1, P + steps, dtype=torch.bool, device=device)
-    mask[:, 0, 0, :P] = valid
     out: list[list[int]] = [[] for _ in range(B)]
     done = [False] * B
     next_pos = positions[:, -1:] + 1  # (B, 1)
@@ -105,8 +146,8 @@ def generate_ids(model: MoETransformer, prompts: list[list[int]], cfg: SamplingC
         if all(done) or step == steps - 1:  # no forward whose logits nobody would read
             break
         history[:, P + step] = tok
-        logits = model(tok[:, None], cache=cache, positions=next_pos, attn_mask=mask[..., :P + step + 1],
-                       routing_stats=False).logits[:, -1]
+        mask[..., P + step] = True
+        logits = step_fn(model, tok[:, None], cache, next_pos, mask if cfg.compile else mask[..., :P + step + 1])
         next_pos = next_pos + 1
     if not stream:
         yield from out

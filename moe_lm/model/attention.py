@@ -56,11 +56,13 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, att
 
 
 def window_mask(T: int, S: int, window: int, device: torch.device,
-                attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """(T, S) bool, or attn_mask's shape: the T new tokens are the last of the S keys' slots; query i sees key j
-    iff 0 <= (S - T + i) - j < window, and attn_mask (the caller's, over all slots so far) allows it: its last S
-    columns are these keys (a window layer's cache keeps the most recent slots)."""
-    d = torch.arange(S - T, S, device=device)[:, None] - torch.arange(S, device=device)  # (T, S) query - key
+                attn_mask: Optional[torch.Tensor] = None, query_slots: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(T, S) bool, or attn_mask's shape: the T new tokens are at query_slots (default: the last T) of the S keys'
+    slots; query i at slot q_i sees key j iff 0 <= q_i - j < window, and attn_mask (the caller's, over all slots so
+    far) allows it: its last S columns are these keys (a window layer's cache keeps the most recent slots)."""
+    if query_slots is None:
+        query_slots = torch.arange(S - T, S, device=device)
+    d = query_slots[:, None] - torch.arange(S, device=device)  # (T, S) query - key
     mask = (d >= 0) & (d < window)
     return mask if attn_mask is None else mask & attn_mask[..., -S:]
 
@@ -145,7 +147,8 @@ class MultiHeadLatentAttention(nn.Module):
             keep = self.window - 1 if self.window else None
             latent, k_rope = cache.update(self.layer_idx, latent, k_rope, keep=keep)  # (B, S, C), (B, 1, S, R)
         if self.window:
-            attn_mask = window_mask(T, latent.shape[1], self.window, x.device, attn_mask)
+            slots = None if cache is None else cache.query_slots(self.layer_idx, T, latent.shape[1])
+            attn_mask = window_mask(T, latent.shape[1], self.window, x.device, attn_mask, slots)
         if cache is not None:
             if self.absorb:
                 out = self._absorbed(q_nope, q_rope, latent, k_rope, attn_mask)  # (B, H, T, V)
@@ -191,7 +194,8 @@ class GroupedQueryAttention(nn.Module):
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v, keep=self.window - 1 if self.window else None)  # (B, G, S, E)
         if self.window:
-            attn_mask = window_mask(T, k.shape[-2], self.window, x.device, attn_mask)
+            slots = None if cache is None else cache.query_slots(self.layer_idx, T, k.shape[-2])
+            attn_mask = window_mask(T, k.shape[-2], self.window, x.device, attn_mask, slots)
         dropout = self.dropout if self.training else 0.0
         out = _attend(q, k, v, E ** -0.5, attn_mask, dropout, self.softcap, G != H)  # (B, H, T, E)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, H * E))

@@ -62,6 +62,39 @@ def expert_counts(idx: torch.Tensor, n_bins: int) -> torch.Tensor:
 _grouped_mm = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
 
 
+@torch.library.custom_op("moe_lm::grouped_mm", mutates_args=())
+def traceable_grouped_mm(a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+    """torch's grouped GEMM as an opaque op: a (M, K) @ b (G, K, N) -> (M, N) with row groups ending at offs, or a
+    (M, K) @ b (K, N) -> (G, M, N) with the K axis split at offs. torch's tracer takes that op in bf16 only, while
+    its CPU kernel runs any float dtype; compiled code on the CPU calls it through this op (shapes from the fake
+    below, gradients from two more grouped GEMMs), so fp32 compiles without a graph break."""
+    return _grouped_mm(a, b, offs=offs)
+
+
+@traceable_grouped_mm.register_fake
+def _(a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+    if b.dim() == 3:
+        return a.new_empty(a.shape[0], b.shape[-1])  # (M, N)
+    return a.new_empty(offs.shape[0], a.shape[0], b.shape[-1])  # (G, M, N)
+
+
+def _grouped_mm_setup(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*inputs)
+
+
+def _grouped_mm_backward(ctx, grad: torch.Tensor):
+    a, b, offs = ctx.saved_tensors
+    grad = grad.contiguous()  # an upstream gradient can arrive expanded (zero strides), which the op refuses
+    if b.dim() != 3:
+        raise NotImplementedError("moe_lm::grouped_mm: no gradient for the (2-D, 2-D) form")
+    grad_a = traceable_grouped_mm(grad, b.transpose(-1, -2), offs)  # (M, K): each group's rows
+    grad_b = traceable_grouped_mm(a.t(), grad, offs)  # (G, K, N): each group's a^T grad (views: strides stay legal)
+    return grad_a, grad_b, None
+
+
+traceable_grouped_mm.register_autograd(_grouped_mm_backward, setup_context=_grouped_mm_setup)
+
+
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype matmuls run in here: autocast's where it is on, else x's."""
     kind = x.device.type
@@ -69,13 +102,10 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def grouped_mm_supported(x: torch.Tensor, widths: tuple[int, ...]) -> bool:
-    """Whether torch's grouped GEMM takes these operands: CUDA needs bf16 on sm80+; CPU runs any float dtype eagerly
-    but only bf16 under torch.compile (the tracer's shape rules take bf16 alone). Every row stride must be a
-    multiple of 16 bytes."""
+    """Whether torch's grouped GEMM takes these operands: CUDA needs bf16 on sm80+; CPU runs any float dtype (under
+    torch.compile other than bf16 through traceable_grouped_mm). Every row stride must be a multiple of 16 bytes."""
     dtype = compute_dtype(x)
     if _grouped_mm is None or not dtype.is_floating_point:
-        return False
-    if torch.compiler.is_compiling() and dtype != torch.bfloat16:
         return False
     if x.device.type == "cuda":
         if dtype != torch.bfloat16 or torch.cuda.get_device_capability(x.device) < (8, 0):
@@ -177,8 +207,10 @@ class RoutedExperts(nn.Module):
                  e_sorted: Optional[torch.Tensor]) -> torch.Tensor:
         dtype = x_sorted.dtype  # the compute dtype: grouped_mm is not on autocast's list, so cast as it would
         offs = counts.cumsum(0).to(torch.int32)  # (E,) end of each expert's rows, on the device
-        h = _grouped_mm(x_sorted, self.in_proj.to(dtype).transpose(1, 2), offs=offs)  # (N*K, 2I or I)
-        return _grouped_mm(self._hidden(h, w_sorted, e_sorted), self.down_proj.to(dtype).transpose(1, 2), offs=offs)
+        # the tracer takes torch's op in bf16 only (and off CUDA, other dtypes reach here on the CPU alone)
+        mm = traceable_grouped_mm if torch.compiler.is_compiling() and dtype != torch.bfloat16 else _grouped_mm
+        h = mm(x_sorted, self.in_proj.to(dtype).transpose(1, 2), offs=offs)  # (N*K, 2I or I)
+        return mm(self._hidden(h, w_sorted, e_sorted), self.down_proj.to(dtype).transpose(1, 2), offs=offs)
 
     def _every_expert(self, x: torch.Tensor, topk_idx: torch.Tensor, topk_weight: torch.Tensor) -> torch.Tensor:
         E, (N, D) = self.n_experts, x.shape

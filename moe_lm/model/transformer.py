@@ -107,9 +107,8 @@ class MoETransformer(nn.Module):
         if positions is None:
             start = cache.seq_len if cache is not None else 0
             positions = torch.arange(start, start + T, device=input_ids.device)  # (T,)
-        if attn_mask is None and cache is not None and cache.seq_len > 0 and T > 1:
-            S = cache.seq_len + T
-            attn_mask = torch.ones(T, S, dtype=torch.bool, device=input_ids.device).tril(S - T)
+        if attn_mask is None and cache is not None:
+            attn_mask = cache.causal_mask(T, input_ids.device)  # (T, S) or None (plain causal)
         cos, sin = rope_cos_sin(positions, self.rope_dim, self.cfg.rope_theta)  # (T, R/2) or (B, T, R/2)
         if cos.dim() == 3:
             cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, T, R/2)

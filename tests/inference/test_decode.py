@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from moe_lm.inference.decode import _left_pad, _prefill_mask, generate, generate_ids
+from moe_lm.inference.decode import _left_pad, _prefill_mask, column_major_weights, generate, generate_ids
 from moe_lm.model import MoETransformer
 from moe_lm.model.cache import KVCache
 from moe_lm.config import SamplingConfig
@@ -127,3 +127,59 @@ def test_generation_runs_no_forward_whose_logits_are_discarded(make_model_cfg):
     model.register_forward_hook(lambda *a: calls.append(1))
     (out,) = list(generate_ids(model, [[1, 2, 3]], SamplingConfig(max_new_tokens=5, temperature=0)))
     assert len(out) == 5 and len(calls) == 1 + 4  # the prefill, then one forward per new token but the last
+
+
+def _count_graphs(monkeypatch) -> list:
+    """torch.compile with a backend that runs the traced graph as it is and records each graph it is handed."""
+    graphs, compile_ = [], torch.compile
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compile_(fn, backend=backend, dynamic=False))
+    return graphs
+
+
+@pytest.mark.parametrize("overrides", [dict(), dict(attention="gqa"), dict(sliding_window=4, window_pattern="LG")],
+                         ids=["mla", "gqa", "window"])
+def test_compiled_step_on_the_static_cache_gives_the_same_tokens_from_one_graph(overrides, make_model_cfg,
+                                                                                monkeypatch):
+    """sampling compile=true: the same tokens as the eager path (left-padded batch, greedy and seeded sampling), the
+    whole one-token step traced as one graph, and that graph reused by a later call of another length (the cache
+    length is bucketed, the slot a step writes is a tensor): no graph break, no recompilation."""
+    torch.manual_seed(0)
+    model = MoETransformer(make_model_cfg(**overrides)).eval()
+    prompts = [[1, 2, 3, 4, 5, 6, 7], [8, 9], [10, 11, 12, 13]]
+    greedy, sampled = SamplingConfig(max_new_tokens=30, temperature=0.0), SamplingConfig(max_new_tokens=20, seed=3)
+    eager = [list(generate_ids(model, prompts, c)) for c in (greedy, sampled)]
+    graphs = _count_graphs(monkeypatch)
+    compiled = [list(generate_ids(model, prompts, SamplingConfig(**{**c.__dict__, "compile": True})))
+                for c in (greedy, sampled)]
+    assert compiled == eager
+    assert len(graphs) == 1
+
+
+@pytest.mark.slow
+def test_inductor_compiled_decoding_gives_the_eager_tokens(make_model_cfg):
+    torch.manual_seed(0)
+    model = MoETransformer(make_model_cfg()).eval()
+    prompts = [[1, 2, 3, 4, 5], [6, 7]]
+    eager = list(generate_ids(model, prompts, SamplingConfig(max_new_tokens=24, temperature=0.0)))
+    compiled = list(generate_ids(model, prompts, SamplingConfig(max_new_tokens=24, temperature=0.0, compile=True)))
+    assert compiled == eager
+
+
+def test_column_major_weights_keep_the_function_and_the_tokens(make_model_cfg):
+    torch.manual_seed(0)
+    model = MoETransformer(make_model_cfg()).eval()
+    x = torch.randint(0, model.cfg.vocab_size, (2, 12))
+    with torch.no_grad():
+        ref = model(x).logits
+    tokens = list(generate_ids(model, [[1, 2, 3]], SamplingConfig(max_new_tokens=16, temperature=0.0)))
+    column_major_weights(model)
+    w = model.layers[0].mlp.experts.down_proj  # (E, D, I), each expert's matrix now column-major
+    assert w.stride()[1:] == (1, w.shape[1]) and model.lm_head.weight.stride() == (1, model.cfg.vocab_size)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).logits, ref, atol=1e-5, rtol=1e-5)
+    assert list(generate_ids(model, [[1, 2, 3]], SamplingConfig(max_new_tokens=16, temperature=0.0))) == tokens

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from moe_lm.model import MoETransformer
-from moe_lm.model.cache import KVCache
+from moe_lm.model.cache import KVCache, StaticKVCache
 from moe_lm.model.layers import apply_rope, rope_cos_sin
 
 
@@ -40,15 +40,19 @@ def test_rope_preserves_norm():
     torch.testing.assert_close(apply_rope(x, cos, sin).norm(dim=-1), x.norm(dim=-1))
 
 
-@pytest.mark.parametrize("max_len", [None, 96], ids=["growing", "preallocated"])
+@pytest.mark.parametrize("kind", ["growing", "preallocated", "static"])
 @pytest.mark.parametrize("attention,absorb", [("mla", True), ("mla", False), ("gqa", False)])
-def test_cached_decoding_equals_full_forward(attention, absorb, max_len, make_model_cfg):
+def test_cached_decoding_equals_full_forward(attention, absorb, kind, make_model_cfg):
+    """The static cache attends over all its 96 slots: its own causal mask hides the unwritten ones."""
     cfg = make_model_cfg(attention=attention, mla_absorb=absorb)
     model = MoETransformer(cfg).eval()
     x = torch.randint(0, 101, (2, 88))
     with torch.no_grad():
         full = model(x).logits
-        cache = KVCache(cfg.n_layers, max_len)
+        if kind == "static":
+            cache = StaticKVCache(cfg.n_layers, 96, x.device)
+        else:
+            cache = KVCache(cfg.n_layers, 96 if kind == "preallocated" else None)
         parts = [model(x[:, :24], cache=cache).logits]  # prefill, then one token at a time
         parts += [model(x[:, i:i + 1], cache=cache).logits for i in range(24, 88)]  # 64 decode steps
     torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-4, rtol=1e-4)
@@ -83,3 +87,21 @@ def test_preallocated_cache_writes_in_place_and_refuses_to_overflow(make_model_c
         assert fixed.seq_len == 12 and fixed.nbytes() == grow.nbytes()
         with pytest.raises(ValueError, match="KV cache full"):
             model(x[:, :1], cache=fixed)
+
+
+def test_static_cache_holds_the_written_slots_and_a_window_layer_masks_by_slot_distance(make_model_cfg):
+    """A sliding-window model decodes through the static cache (every slot kept, the window applied by the mask) as
+    through the growing one (which keeps only the window); filled() and seq_len see the written slots."""
+    cfg = make_model_cfg(sliding_window=5, window_pattern="LG")
+    model = MoETransformer(cfg).eval()
+    x = torch.randint(0, 101, (2, 20))
+    grow, static = KVCache(cfg.n_layers), StaticKVCache(cfg.n_layers, 32, x.device)
+    with torch.no_grad():
+        out = {}
+        for name, cache in (("grow", grow), ("static", static)):
+            out[name] = [model(x[:, :8], cache=cache).logits] + [model(x[:, i:i + 1], cache=cache).logits
+                                                                 for i in range(8, 20)]
+    torch.testing.assert_close(torch.cat(out["static"], 1), torch.cat(out["grow"], 1), atol=1e-5, rtol=1e-5)
+    assert static.seq_len == 20 and static.layers[0][0].shape[1] == 32
+    torch.testing.assert_close(static.filled(1)[0], grow.filled(1)[0])  # the global layer: all 20 positions
+    assert grow.filled(0)[0].shape[1] == 4 and static.filled(0)[0].shape[1] == 20  # window 5 keeps 4 in grow

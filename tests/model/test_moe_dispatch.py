@@ -6,7 +6,7 @@ import torch
 
 from moe_lm.model import MoETransformer
 from moe_lm.model.loss import IGNORE_INDEX
-from moe_lm.model.moe import MoE, expert_counts
+from moe_lm.model.moe import MoE, expert_counts, traceable_grouped_mm
 
 PATHS = ["grouped_mm", "bmm"]
 
@@ -73,14 +73,34 @@ def test_expert_counts_equal_bincount():
     torch.testing.assert_close(expert_counts(idx, 7), torch.bincount(idx.flatten(), minlength=7))
 
 
+def test_traceable_grouped_mm_equals_torchs_in_fp32_values_and_gradients():
+    """The opaque op compiled fp32 code calls: torch's own op's values and gradients, an empty group included;
+    its fake (shapes) and autograd registrations pass torch's checker."""
+    torch.manual_seed(0)
+    a, b = torch.randn(7, 16, requires_grad=True), torch.randn(3, 16, 8, requires_grad=True)
+    offs = torch.tensor([3, 3, 7], dtype=torch.int32)  # group 1 is empty
+    upstream = torch.randn(7, 8)
+    ref = torch.nn.functional.grouped_mm(a, b, offs=offs)
+    ga, gb = torch.autograd.grad((ref * upstream).sum(), (a, b))
+    out = traceable_grouped_mm(a, b, offs)
+    ta, tb = torch.autograd.grad((out * upstream).sum(), (a, b))
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(ta, ga)
+    torch.testing.assert_close(tb, gb)
+    assert tb[1].abs().max() == 0
+    torch.library.opcheck(traceable_grouped_mm, (a, b, offs))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("impl", PATHS)
-def test_training_forward_has_no_graph_break_without_the_loop(impl, make_model_cfg):
-    """The call training makes (padding masked, loss fused with the head) traces as one graph."""
+def test_training_forward_has_no_graph_break_without_the_loop(impl, dtype, make_model_cfg):
+    """The call training makes (padding masked, loss fused with the head) traces as one graph, in bf16 (torch's
+    grouped GEMM) and fp32 (through traceable_grouped_mm)."""
     torch.manual_seed(0)
     model = MoETransformer(make_model_cfg(moe_impl=impl)).train()
     ids, targets = torch.randint(0, model.cfg.vocab_size, (2, 2, 16))
     targets[1, 10:] = IGNORE_INDEX  # padding
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # compiled grouped_mm takes bf16 only
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
         explained = torch._dynamo.explain(model)(ids, token_mask=targets != IGNORE_INDEX, targets=targets)
     assert explained.graph_break_count == 0, [str(b.reason) for b in explained.break_reasons]
     torch._dynamo.reset()
