@@ -26,11 +26,13 @@ print(\"capability\", torch.cuda.get_device_capability(), \"F.grouped_mm\", hasa
 # grouped_mm on the device equals the loop; dynamo finds no graph break; HF reference logits on CPU as a sanity check
 step 150 tests $PY -m pytest -q -p no:cacheprovider tests/model/test_moe_dispatch.py tests/model/test_compile.py \
     tests/model/test_hf_reference.py
+# the compiled one-token step as a CUDA graph gives the eager tokens
+step 90 decode_tests $PY -m pytest -q -p no:cacheprovider tests/inference/test_decode.py -k "cuda or compiled"
 step 60 moe_block $PY experiments/bench_moe_block.py --device cuda --tokens 16384 --reps 10 --json "$OUT/moe_block.json"
 step 150 train_step $PY experiments/bench_train_step.py --device cuda --batch 8 --seq 1024 --compile \
     --json "$OUT/train_step.json"
 step 150 demo $PY -m moe_lm.train +experiment=overfit_100_lines out_dir=/tmp/cuda_demo trainer.progress_bar=false
-step 120 generate $PY experiments/bench_generate.py --device cuda --new 128 --warmup 1 --json "$OUT/generate.json"
+step 200 generate $PY experiments/bench_generate.py --device cuda --new 128 --warmup 1 --json "$OUT/generate.json"
 step 40 flash $PY experiments/cuda_attention_check.py
 step 45 memory $PY experiments/bench_memory.py --device cuda --json "$OUT/memory.json"
 ls /tmp/cuda_demo | tee -a "$OUT/log.txt"
