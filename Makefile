@@ -32,7 +32,7 @@ bench: install  ## every benchmark, one process each, interleaved rounds; tables
 	$(PY) experiments/bench_moe_block.py --reps 15 --json $(BENCH_OUT)/moe_block.json
 	$(PY) experiments/bench_train_step.py --compile --json $(BENCH_OUT)/train_step.json
 	$(PY) experiments/bench_memory.py --json $(BENCH_OUT)/memory.json
-	$(PY) experiments/bench_generate.py --json $(BENCH_OUT)/generate.json
+	$(PY) experiments/bench_generate.py --warmup 1 --json $(BENCH_OUT)/generate.json
 	$(PY) experiments/bench_data.py --json $(BENCH_OUT)/data.json
 	$(PY) experiments/bench_arch_switches.py --json $(BENCH_OUT)/arch_switches.json
 	$(PY) experiments/profile_train_step.py --json $(BENCH_OUT)/profile.json
