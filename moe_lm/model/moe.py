@@ -207,7 +207,7 @@ class RoutedExperts(nn.Module):
                  e_sorted: Optional[torch.Tensor]) -> torch.Tensor:
         dtype = x_sorted.dtype  # the compute dtype: grouped_mm is not on autocast's list, so cast as it would
         offs = counts.cumsum(0).to(torch.int32)  # (E,) end of each expert's rows, on the device
-        # the tracer takes torch's op in bf16 only (and off CUDA, other dtypes reach here on the CPU alone)
+        # compiled code in another dtype than bf16 (the CPU's: CUDA takes bf16 alone) needs the traceable op
         mm = traceable_grouped_mm if torch.compiler.is_compiling() and dtype != torch.bfloat16 else _grouped_mm
         h = mm(x_sorted, self.in_proj.to(dtype).transpose(1, 2), offs=offs)  # (N*K, 2I or I)
         return mm(self._hidden(h, w_sorted, e_sorted), self.down_proj.to(dtype).transpose(1, 2), offs=offs)
