@@ -27,7 +27,7 @@ def main(cfg: GenerateConfig) -> None:
     from moe_lm.inference.decode import column_major_weights, stream_text
 
     model, tok, _ = load_model(cfg.ckpt, cfg.device)
-    if model.embed_tokens.weight.device.type == "cpu":
+    if cfg.device == "cpu":
         column_major_weights(model)  # one-row matmuls read it faster on the CPU
     if tok is None:
         raise CheckpointError(f"ckpt: {cfg.ckpt} carries no tokenizer")

@@ -91,7 +91,7 @@ def test_traceable_grouped_mm_equals_torchs_in_fp32_values_and_gradients():
     torch.library.opcheck(traceable_grouped_mm, (a, b, offs))
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 @pytest.mark.parametrize("impl", PATHS)
 def test_training_forward_has_no_graph_break_without_the_loop(impl, dtype, make_model_cfg):
     """The call training makes (padding masked, loss fused with the head) traces as one graph, in bf16 (torch's
