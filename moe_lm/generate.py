@@ -4,7 +4,7 @@ Tokens are printed as they are produced (moe_lm/inference/decode.py, with the KV
 multi-turn chat from stdin. The prompt is taken verbatim (colons, quotes and all), or read from
 `prompt_file=PATH` (`prompt_file=-` reads stdin); every other key is a sampling setting of conf/generate.yaml.
 On the CPU the weights are laid out column-major first (faster one-row matmuls); `compile=true` compiles the
-one-token step (a CUDA graph on a GPU), which pays from a few hundred tokens on.
+one-token step (a CUDA graph on a GPU); compiling takes a while, so it pays on long or repeated generations.
 """
 
 from __future__ import annotations
