@@ -70,8 +70,10 @@ def main() -> None:
     def run() -> None:
         list(decode.generate_ids(model, prompt, sampling))
 
+    t0 = time.perf_counter()
     for _ in range(args.warmup):
         run()
+    first = time.perf_counter() - t0
     per_token = []
     for _ in range(args.reps):
         t0 = time.perf_counter()
@@ -79,6 +81,7 @@ def main() -> None:
         per_token.append((time.perf_counter() - t0) / args.new * 1e3)
     print(f"device: {device_name(torch.device('cpu'))}; moe_100m fp32, prompt 64 + {args.new} new, layout {args.layout},"
           f" compiled {args.compile}, options {options or '-'}")
+    print(f"warm-up ({args.warmup} call{'s' * (args.warmup != 1)}, compiling with --compile): {first:.1f} s")
     print(f"ms per token (prompt included): median {statistics.median(per_token):.1f}, "
           f"min-max {min(per_token):.1f}-{max(per_token):.1f} over {args.reps} calls\n")
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
