@@ -1,11 +1,13 @@
 """Train-step time: moe_100m against a dense model with the same active parameters per token, eager and compiled.
 
-    python experiments/bench_train_step.py [--batch 8] [--seq 256] [--reps 5] [--compile] [--json PATH]
+    python experiments/bench_train_step.py [--batch 8] [--seq 256] [--reps 5] [--compile] [--chunked 256,1024]
+        [--json PATH]
 
 Full optimizer steps (forward, fused LM head + cross-entropy, backward, clip, fused AdamW, router-bias step) on
 random tokens, every model in this process, timed in interleaved rounds (moe, dense, moe, dense, ...). Prints
 median and spread per model, tokens/s and MFU (against the device peak, moe_lm.training.callbacks), and the
-ratios the performance goals are stated in.
+ratios the performance goals are stated in. --chunked adds eager moe_100m with the cross-entropy taken in chunks of
+that many tokens (trainer.ce_chunk_size), to weigh a default for it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from moe_lm.model.counting import param_breakdown, train_flops_per_token
 from moe_lm.training.callbacks import device_peak_flops
 
 
-def make_step(preset: str, args, device: torch.device, compiled: bool = False, moe_impl: str = ""):
+def make_step(preset: str, args, device: torch.device, compiled: bool = False, moe_impl: str = "",
+              ce_chunk_size: int | None = None):
     cfg = compose([f"model={preset}", f"data.seq_len={args.seq}"]).model
     if moe_impl:
         cfg = dataclasses.replace(cfg, moe_impl=moe_impl)
@@ -33,10 +36,11 @@ def make_step(preset: str, args, device: torch.device, compiled: bool = False, m
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     x = torch.randint(0, cfg.vocab_size, (args.batch, args.seq + 1), device=device)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
+    chunk = args.ce_chunk_size if ce_chunk_size is None else ce_chunk_size
 
     def step() -> None:  # the named ranges label experiments/profile_train_step.py's table
         with amp:
-            out = model(x[:, :-1], targets=x[:, 1:], ce_chunk_size=args.ce_chunk_size)
+            out = model(x[:, :-1], targets=x[:, 1:], ce_chunk_size=chunk)
             loss = out.ce_sum / x[:, 1:].numel() + 0.01 * out.aux_loss
         loss.backward()
         with record_function("grad clip"):
@@ -59,16 +63,19 @@ def main() -> None:
     ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     ap.add_argument("--compile", action="store_true", help="add the compiled MoE and dense models")
     ap.add_argument("--impls", default="", help="also time these model.moe_impl values, e.g. loop,bmm")
-    ap.add_argument("--ce-chunk-size", type=int, default=0)
+    ap.add_argument("--ce-chunk-size", type=int, default=0, help="every case's trainer.ce_chunk_size")
+    ap.add_argument("--chunked", default="", help="also time eager moe_100m with these ce_chunk_size values, e.g. 256")
     ap.add_argument("--peak-flops", type=float, default=None, help="device peak FLOP/s for MFU")
     args = ap.parse_args()
     device = torch.device(args.device)
     cases, info = {}, {}
-    for name, preset, compiled, impl in [("moe_100m", "moe_100m", False, ""), ("dense_100m", "dense_100m", False, "")] + \
-            [(f"moe_100m {i}", "moe_100m", False, i) for i in args.impls.split(",") if i] + \
-            ([("moe_100m compiled", "moe_100m", True, ""), ("dense_100m compiled", "dense_100m", True, "")]
+    for name, preset, compiled, impl, chunk in \
+            [("moe_100m", "moe_100m", False, "", None), ("dense_100m", "dense_100m", False, "", None)] + \
+            [(f"moe_100m {i}", "moe_100m", False, i, None) for i in args.impls.split(",") if i] + \
+            [(f"moe_100m ce chunks of {c}", "moe_100m", False, "", int(c)) for c in args.chunked.split(",") if c] + \
+            ([("moe_100m compiled", "moe_100m", True, "", None), ("dense_100m compiled", "dense_100m", True, "", None)]
              if args.compile else []):
-        cases[name], info[name], _ = make_step(preset, args, device, compiled, impl)
+        cases[name], info[name], _ = make_step(preset, args, device, compiled, impl, chunk)
     print(f"device: {device_name(device)}; batch {args.batch} x {args.seq}, {args.precision}, "
           f"{args.reps} interleaved rounds after {args.warmup} warm-up (compiling happens in the warm-up)\n")
     times = interleaved(cases, args.reps, args.warmup, device)
