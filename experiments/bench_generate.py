@@ -7,24 +7,40 @@ moe_100m with random weights, greedy, fp32 on CPU or bf16 on CUDA, cases timed i
 happens in the warm-up):
 - "cached": moe_lm.inference.decode.generate_ids, eager (sampling compile=false);
 - "cached, column-major" (CPU only): the same on a copy of the model whose weights are column-major
-  (column_major_weights, what `python -m moe_lm.generate` does on the CPU);
-- "cached, compiled" and (CPU only) "cached, compiled, column-major": sampling compile=true (the one-token step
-  compiled over a StaticKVCache; a CUDA graph on a GPU);
+  (column_major_weights, what `python -m moe_lm.generate` does on the CPU without compile=true);
+- "cached, compiled": sampling compile=true (the one-token step compiled over a StaticKVCache; a CUDA graph on a
+  GPU; on the CPU, one-row matmuls as inductor kernels of their own, decode.one_row_matmul_options), what
+  `python -m moe_lm.generate compile=true` does;
+- "cached, compiled, column-major, BLAS one-row" (CPU only): compiled without one_row_matmul_options, on
+  column-major weights: session 8's fastest path;
 - "recompute": the whole sequence through the model (its own row-major weights) for every new token, no cache, no
   routing statistics: the baseline a cache removes.
 """
 from __future__ import annotations
 
 import copy
+from typing import Callable
 
 import torch
 
 from benchlib import arguments, device_name, interleaved, summarise, table, write_json
 from moe_lm.cli import compose
 from moe_lm.config import SamplingConfig
+from moe_lm.inference import decode
 from moe_lm.inference.decode import column_major_weights, generate_ids
 from moe_lm.model import MoETransformer
 from moe_lm.model.cache import KVCache
+
+
+def blas_one_row(call: Callable[[], None]) -> Callable[[], None]:
+    """call() with the compiled step as session 8 had it: one-row matmuls left to BLAS (no one_row_matmul_options)."""
+    def run() -> None:
+        options, decode.one_row_matmul_options = decode.one_row_matmul_options, dict
+        try:
+            call()
+        finally:
+            decode.one_row_matmul_options = options
+    return run
 
 
 @torch.no_grad()
@@ -68,10 +84,13 @@ def main() -> None:
     def baseline():
         outputs["recompute"] = recompute(model, prompt, args.new)
 
-    col = column_major_weights(copy.deepcopy(model)) if device.type == "cpu" else None  # for the CPU's BLAS only
-    cases = dict([cached("cached", model, False)] + ([cached("cached, column-major", col, False)] if col else [])
-                 + [cached("cached, compiled", model, True)]
-                 + ([cached("cached, compiled, column-major", col, True)] if col else []) + [("recompute", baseline)])
+    cases = dict([cached("cached", model, False), cached("cached, compiled", model, True), ("recompute", baseline)])
+    if device.type == "cpu":  # the layout serves the CPU's BLAS; a GPU's matmuls gain nothing from it
+        col = column_major_weights(copy.deepcopy(model))
+        name, call = cached("cached, compiled, column-major, BLAS one-row", col, True)
+        cases = {"cached": cases["cached"], "cached, column-major": cached("cached, column-major", col, False)[1],
+                 "cached, compiled": cases["cached, compiled"], name: blas_one_row(call),
+                 "recompute": cases["recompute"]}
     print(f"device: {device_name(device)}; moe_100m, {dtype}, batch {args.batch}, prompt {args.prompt} + "
           f"{args.new} new tokens, greedy; {args.reps} interleaved rounds after {args.warmup} warm-up\n")
     times = interleaved(cases, args.reps, args.warmup, device)

@@ -1,6 +1,7 @@
 """Where a decoding step's time goes, and what the weight layout does to a one-row matmul.
 
-    python experiments/profile_decode.py [--layout column] [--compile] [--option freezing=true ...] [--new 64]
+    python experiments/profile_decode.py [--layout column] [--compile [--blas-one-row]] [--option freezing=true ...]
+        [--new 64]
     python experiments/profile_decode.py --one-row-matmul [--reps 7]
 
 The first form decodes greedily with moe_100m (random weights, fp32, prompt 64): one untimed call (it compiles,
@@ -53,6 +54,8 @@ def main() -> None:
     ap.add_argument("--option", action="append", default=[], help="an inductor option key=value (repeatable)")
     ap.add_argument("--new", type=int, default=64)
     ap.add_argument("--one-row-matmul", action="store_true")
+    ap.add_argument("--blas-one-row", action="store_true",
+                    help="compile without decode.one_row_matmul_options (one-row matmuls stay BLAS calls)")
     args = ap.parse_args()
     if args.one_row_matmul:
         return one_row_matmul(args.reps, args.warmup)
@@ -60,10 +63,12 @@ def main() -> None:
     model = MoETransformer(compose(["model=moe_100m"]).model).eval()
     if args.layout == "column":
         decode.column_major_weights(model)
+    if args.blas_one_row:  # the compiled step as session 8 had it: every matmul a BLAS call
+        decode.one_row_matmul_options = dict
     options = dict(parse_option(o) for o in args.option)
     if options:  # generate_ids compiles through decode.step_function: hand it the options
         compile_ = torch.compile
-        torch.compile = lambda fn, **kw: compile_(fn, **kw, options=options)
+        torch.compile = lambda fn, **kw: compile_(fn, **{**kw, "options": {**(kw.get("options") or {}), **options}})
     prompt = torch.randint(0, model.cfg.vocab_size, (1, 64)).tolist()
     sampling = SamplingConfig(max_new_tokens=args.new, temperature=0.0, compile=args.compile)
 
@@ -80,7 +85,7 @@ def main() -> None:
         run()
         per_token.append((time.perf_counter() - t0) / args.new * 1e3)
     print(f"device: {device_name(torch.device('cpu'))}; moe_100m fp32, prompt 64 + {args.new} new, layout {args.layout},"
-          f" compiled {args.compile}, options {options or '-'}")
+          f" compiled {args.compile}{' (BLAS one-row matmuls)' * args.blas_one_row}, options {options or '-'}")
     print(f"warm-up ({args.warmup} call{'s' * (args.warmup != 1)}, compiling with --compile): {first:.1f} s")
     print(f"ms per token (prompt included): median {statistics.median(per_token):.1f}, "
           f"min-max {min(per_token):.1f}-{max(per_token):.1f} over {args.reps} calls\n")

@@ -3,8 +3,9 @@
 Tokens are printed as they are produced (moe_lm/inference/decode.py, with the KV cache). `chat=true` runs a
 multi-turn chat from stdin. The prompt is taken verbatim (colons, quotes and all), or read from
 `prompt_file=PATH` (`prompt_file=-` reads stdin); every other key is a sampling setting of conf/generate.yaml.
-On the CPU the weights are laid out column-major first (faster one-row matmuls); `compile=true` compiles the
-one-token step (a CUDA graph on a GPU); compiling takes a while, so it pays on long or repeated generations.
+On the CPU the weights are laid out column-major first (faster one-row matmuls) unless `compile=true`, which
+compiles the one-token step (a CUDA graph on a GPU; one-row matmul kernels of its own on the CPU); compiling takes
+a while, so it pays on long or repeated generations.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ def main(cfg: GenerateConfig) -> None:
     from moe_lm.inference.decode import column_major_weights, stream_text
 
     model, tok, _ = load_model(cfg.ckpt, cfg.device)
-    if cfg.device == "cpu":
-        column_major_weights(model)  # one-row matmuls read it faster on the CPU
+    if cfg.device == "cpu" and not cfg.compile:  # MKL's one-row matmuls read it faster; compiled steps have their own
+        column_major_weights(model)
     if tok is None:
         raise CheckpointError(f"ckpt: {cfg.ckpt} carries no tokenizer")
     eot = tok.token_to_id(EOT)

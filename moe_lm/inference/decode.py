@@ -20,6 +20,7 @@ from moe_lm.model import MoETransformer
 from moe_lm.model.cache import KVCache, StaticKVCache
 
 STATIC_CACHE_BUCKET = 256  # a compiled step's cache holds a multiple of this many slots: few shapes, few compiles
+ONE_ROW_MAX_WIDTH = 1 << 20  # a compiled CPU step computes one-row matmuls up to this wide as their own kernels
 
 
 @torch.no_grad()
@@ -82,12 +83,33 @@ def one_token_step(model: MoETransformer, tok: torch.Tensor, cache: KVCache, pos
     return model(tok, cache=cache, positions=positions, attn_mask=mask, routing_stats=False).logits[:, -1]
 
 
+def one_row_matmul_options() -> dict[str, Any]:
+    """Inductor options under which a compiled CPU step computes every one-row matmul (batch 1 decoding) as a
+    multiply-and-sum kernel of its own (inductor's decompose_mm_pass) instead of a BLAS call: on the project's CPU
+    that reads a row-major weight near the memory bandwidth, where MKL's one-row product runs at a third of it
+    (README, "Decoding"). The pass's width limit (2048 by default, under the 32000-wide head) is a module constant
+    inductor reads once on import, so it is raised there as well; it only acts in graphs compiled with the pass,
+    as this step's are. {} where this torch lacks the pass: plain inductor, the same tokens."""
+    try:
+        from torch._inductor.fx_passes import decompose_mem_bound_mm as one_row
+    except ImportError:
+        return {}
+    if not hasattr(one_row, "cpu_max_other_dimension_decomposition"):
+        return {}
+    width = max(one_row.cpu_max_other_dimension_decomposition, ONE_ROW_MAX_WIDTH)
+    one_row.cpu_max_other_dimension_decomposition = width
+    return {"post_grad_fusion_options": {"decompose_mm_pass": {"cpu_max_other_dimension_decomposition": width}}}
+
+
 def step_function(model: MoETransformer, compiled: bool, device: torch.device) -> Callable[..., torch.Tensor]:
     """one_token_step, or it compiled: one graph for a given batch size and cache length (StaticKVCache), replayed
-    as a CUDA graph on a GPU ("reduce-overhead"); on the CPU, inductor fuses the elementwise work between matmuls."""
+    as a CUDA graph on a GPU ("reduce-overhead"); on the CPU, inductor fuses the elementwise work between matmuls
+    and turns one-row matmuls into bandwidth-bound kernels (one_row_matmul_options)."""
     if not compiled:
         return one_token_step
-    return torch.compile(one_token_step, dynamic=False, mode="reduce-overhead" if device.type == "cuda" else None)
+    if device.type == "cuda":
+        return torch.compile(one_token_step, dynamic=False, mode="reduce-overhead")
+    return torch.compile(one_token_step, dynamic=False, options=one_row_matmul_options() if device.type == "cpu" else None)
 
 
 @torch.no_grad()

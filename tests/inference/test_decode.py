@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from moe_lm.inference.decode import _left_pad, _prefill_mask, column_major_weights, generate, generate_ids
+from moe_lm.inference.decode import (_left_pad, _prefill_mask, column_major_weights, generate, generate_ids,
+                                    one_row_matmul_options)
 from moe_lm.model import MoETransformer
 from moe_lm.model.cache import KVCache
 from moe_lm.config import SamplingConfig
@@ -161,10 +162,11 @@ def test_compiled_step_on_the_static_cache_gives_the_same_tokens_from_one_graph(
 
 
 @pytest.mark.slow
-def test_inductor_compiled_decoding_gives_the_eager_tokens(make_model_cfg):
+@pytest.mark.parametrize("prompts", [[[1, 2, 3, 4, 5]], [[1, 2, 3, 4, 5], [6, 7]]], ids=["batch1", "batch2"])
+def test_inductor_compiled_decoding_gives_the_eager_tokens(prompts, make_model_cfg):
+    """Batch 1 runs its one-row matmuls as inductor kernels (one_row_matmul_options), batch 2 through BLAS."""
     torch.manual_seed(0)
     model = MoETransformer(make_model_cfg()).eval()
-    prompts = [[1, 2, 3, 4, 5], [6, 7]]
     eager = list(generate_ids(model, prompts, SamplingConfig(max_new_tokens=24, temperature=0.0)))
     compiled = list(generate_ids(model, prompts, SamplingConfig(max_new_tokens=24, temperature=0.0, compile=True)))
     assert compiled == eager
@@ -183,6 +185,32 @@ def test_column_major_weights_keep_the_function_and_the_tokens(make_model_cfg):
     with torch.no_grad():
         torch.testing.assert_close(model(x).logits, ref, atol=1e-5, rtol=1e-5)
     assert list(generate_ids(model, [[1, 2, 3]], SamplingConfig(max_new_tokens=16, temperature=0.0))) == tokens
+
+
+def test_compiled_cpu_step_computes_a_one_row_head_matmul_without_blas():
+    """one_row_matmul_options: a (1, D) x (D, V) product as wide as a 32k vocabulary head becomes inductor's own
+    multiply-and-sum kernel (no extern mm call in the generated code), with the plain product's values; compiled
+    without the options, the same function calls BLAS."""
+    from torch._inductor.utils import run_and_get_code
+
+    options = one_row_matmul_options()
+    if not options:
+        pytest.skip("this torch's inductor has no decompose_mm_pass")
+    torch.manual_seed(0)
+    x, w, b = torch.randn(1, 64), torch.randn(32000, 64), torch.randn(32000)
+
+    def head(x, w, b):
+        return torch.nn.functional.linear(x, w) + torch.nn.functional.linear(x, w, b)
+
+    def extern_mm_calls(opts):
+        torch._dynamo.reset()
+        out, code = run_and_get_code(torch.compile(head, dynamic=False, options=opts), x, w, b)
+        torch.testing.assert_close(out, head(x, w, b), atol=1e-4, rtol=1e-5)
+        return sum(c.count("extern_kernels.mm(") + c.count("extern_kernels.addmm(") for c in code)
+
+    assert extern_mm_calls(options) == 0
+    assert extern_mm_calls({}) == 2
+    torch._dynamo.reset()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none here)")
