@@ -9,9 +9,10 @@ with --compile), then --reps timed calls (ms per token: median, min-max), then o
 top operators by self time are printed per step. --option passes inductor settings to torch.compile (e.g.
 freezing=true, max_autotune=true, cpp.threads=1) to try them.
 
-The second form times, interleaved, one row times the tied 32000 x 512 head in fp32 stored row-major and
-column-major, against a plain read of the same 65 MB (sum): how far a one-row product is from the memory
-bandwidth.
+The second form times, interleaved, one row times the tied 32000 x 512 head in fp32: through BLAS on row-major and
+on column-major weights, as the multiply-and-sum kernel a compiled CPU step makes of it
+(decode.one_row_matmul_options), and a plain read of the same 65 MB (sum): how far a one-row product is from the
+memory bandwidth.
 """
 
 from __future__ import annotations
@@ -39,7 +40,10 @@ def one_row_matmul(reps: int, warmup: int) -> None:
     w = torch.randn(32000, 512)
     w_col = w.t().contiguous().t()  # the same values, column-major
     x = torch.randn(1, 512)
-    cases = {"row-major": lambda: F.linear(x, w), "column-major": lambda: F.linear(x, w_col), "read (sum)": w.sum}
+    kernel = torch.compile(F.linear, dynamic=False, options=decode.one_row_matmul_options())  # what a compiled step does
+    cases = {"row-major": lambda: F.linear(x, w), "column-major": lambda: F.linear(x, w_col),
+             "row-major, inductor kernel": lambda: kernel(x, w), "read (sum)": w.sum}
+    torch.testing.assert_close(kernel(x, w), F.linear(x, w), atol=1e-4, rtol=1e-5)
     summary = summarise(interleaved(cases, reps, warmup, torch.device("cpu")), "row-major")
     print(f"device: {device_name(torch.device('cpu'))}; (1 x 512) @ (512 x 32000) fp32, {reps} interleaved rounds\n")
     print(table(summary, "row-major", unit="ms"))
