@@ -40,7 +40,8 @@ def one_row_matmul(reps: int, warmup: int) -> None:
     w = torch.randn(32000, 512)
     w_col = w.t().contiguous().t()  # the same values, column-major
     x = torch.randn(1, 512)
-    kernel = torch.compile(F.linear, dynamic=False, options=decode.one_row_matmul_options())  # what a compiled step does
+    # what a compiled decoding step makes of the product
+    kernel = torch.compile(F.linear, dynamic=False, options=decode.one_row_matmul_options())
     cases = {"row-major": lambda: F.linear(x, w), "column-major": lambda: F.linear(x, w_col),
              "row-major, inductor kernel": lambda: kernel(x, w), "read (sum)": w.sum}
     torch.testing.assert_close(kernel(x, w), F.linear(x, w), atol=1e-4, rtol=1e-5)
