@@ -37,14 +37,24 @@ def conf_dir() -> Path:
     return installed if installed.is_dir() else package.parent / "conf"
 
 
+class _NeverRaised(Exception):
+    """Stands for the exception class of a package that was never imported: nothing can have raised it."""
+
+
+def lightning_misconfiguration() -> type[BaseException]:
+    """Lightning's MisconfigurationException where Lightning is loaded, the only case where it can have been raised:
+    importing Lightning just to name it would add seconds to the start of every command that never uses it."""
+    module = sys.modules.get("lightning.fabric.utilities.exceptions")
+    return module.MisconfigurationException if module is not None else _NeverRaised
+
+
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input rather than a bug: reported in one line."""
     from hydra.errors import HydraException
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
     from omegaconf.errors import OmegaConfBaseException
 
     # OSError: a missing or unreadable file, a full disk, an unreachable hub (ConnectionError)
-    return ConfigError, CheckpointError, OSError, HydraException, OmegaConfBaseException, MisconfigurationException
+    return ConfigError, CheckpointError, OSError, HydraException, OmegaConfBaseException, lightning_misconfiguration()
 
 
 def describe_hydra(e: BaseException) -> str:
@@ -65,11 +75,10 @@ def describe_hydra(e: BaseException) -> str:
 def describe(e: BaseException) -> str:
     """`<key or path>: <what is wrong>` for an error from `user_errors()`."""
     from hydra.errors import HydraException
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     if isinstance(e, OSError) and e.filename and e.strerror:  # raised by the OS: name the file it was about
         return f"{e.filename}: {e.strerror}"
-    if isinstance(e, MisconfigurationException):  # Lightning refusing a trainer.* setting on this machine
+    if isinstance(e, lightning_misconfiguration()):  # Lightning refusing a trainer.* setting on this machine
         return f"trainer: {e}"
     if isinstance(e, HydraException):
         return describe_hydra(e)

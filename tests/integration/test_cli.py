@@ -113,3 +113,21 @@ def test_two_run_sweep_yields_a_two_row_report(tmp_path, shared_data):
     rows = [ln for ln in out.splitlines() if ln.startswith("| ") and not ln.startswith("| run")]
     assert len(rows) == 2 and {r.split("|")[2].strip() for r in rows} == {"1", "2"}
     assert (sweep / "val_loss.png").stat().st_size > 1000
+
+
+def test_lightning_errors_are_named_where_lightning_is_loaded_and_not_imported_otherwise(monkeypatch):
+    """A command that never loads Lightning does not import it to report an error (seconds at every start)."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    from moe_lm.cli import describe, lightning_misconfiguration, user_errors
+
+    assert MisconfigurationException in user_errors()
+    assert describe(MisconfigurationException("no GPU here")) == "trainer: no GPU here"
+    monkeypatch.delitem(sys.modules, "lightning.fabric.utilities.exceptions")
+    assert not issubclass(MisconfigurationException, lightning_misconfiguration())
+    code = ("import runpy, sys\nsys.argv = ['params', 'model.top_k=9']\ntry:\n"
+            "    runpy.run_module('moe_lm.params', run_name='__main__')\nexcept SystemExit as e:\n"
+            "    print(e.code, 'lightning' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.stdout.split() == ["2", "False"], r.stderr[-2000:]
+    assert "error: model.top_k:" in r.stderr
