@@ -79,18 +79,21 @@ def main() -> None:
 
         def call():
             outputs[name] = torch.tensor(list(generate_ids(m, prompt.tolist(), sampling)))
-        return name, call
+        return call
 
     def baseline():
         outputs["recompute"] = recompute(model, prompt, args.new)
 
-    cases = dict([cached("cached", model, False), cached("cached, compiled", model, True), ("recompute", baseline)])
-    if device.type == "cpu":  # the layout serves the CPU's BLAS; a GPU's matmuls gain nothing from it
-        col = column_major_weights(copy.deepcopy(model))
-        name, call = cached("cached, compiled, column-major, BLAS one-row", col, True)
-        cases = {"cached": cases["cached"], "cached, column-major": cached("cached, column-major", col, False)[1],
-                 "cached, compiled": cases["cached, compiled"], name: blas_one_row(call),
-                 "recompute": cases["recompute"]}
+    # the column-major layout serves the CPU's BLAS; a GPU's matmuls gain nothing from it
+    col = column_major_weights(copy.deepcopy(model)) if device.type == "cpu" else None
+    cases = {"cached": cached("cached", model, False)}
+    if col is not None:
+        cases["cached, column-major"] = cached("cached, column-major", col, False)
+    cases["cached, compiled"] = cached("cached, compiled", model, True)
+    if col is not None:
+        name = "cached, compiled, column-major, BLAS one-row"
+        cases[name] = blas_one_row(cached(name, col, True))
+    cases["recompute"] = baseline
     print(f"device: {device_name(device)}; moe_100m, {dtype}, batch {args.batch}, prompt {args.prompt} + "
           f"{args.new} new tokens, greedy; {args.reps} interleaved rounds after {args.warmup} warm-up\n")
     times = interleaved(cases, args.reps, args.warmup, device)
