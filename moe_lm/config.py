@@ -260,23 +260,56 @@ class DomainsDataConfig(DataConfig):
 
 @dataclass
 class RoutingConfig:
-    """`routing.*`: how the routed experts are warm-started on their domains (moe_lm/training/guidance.py).
+    """`routing.*`: how the routed experts are warm-started on their domains (moe_lm/training/guidance.py,
+    moe_lm/training/router_init.py). Four independent switches.
 
-    The warm start lasts `data.round_robin_steps` optimizer steps (multi-domain data only):
-    none: mixed sampling from step 0 (the control); round_robin: single-domain batches, cycling the domains;
-    guided: round-robin batches plus a router supervision term, the cross-entropy between each token's router
-    distribution and its domain's expert (domains with an expert only), weighted by `guided_coef` annealed
-    to 0 by the end of the warm start. After it, mixed sampling with the usual balance terms takes over.
+    The warm start lasts `data.round_robin_steps` optimizer steps (multi-domain data only); after it, mixed
+    sampling with the usual balance terms takes over, whatever the switches say.
+    - warm_batches: round_robin (each batch from one domain, cycling the domains) | mixed (each sample's domain
+      drawn from the mixture, as after the warm start);
+    - warm_routing: learned (the router alone) | guided (plus a supervision term, the cross-entropy between each
+      token's router distribution and its domain's expert, weighted by `guided_coef` annealed to 0 by the end
+      of the warm start) | forced (each expert-domain token's own expert always holds one of its top-k slots;
+      the other slots are chosen by the router);
+    - warm_balance: batch (the aux loss and the aux-free bias see each step's batch) | window (both see the
+      expert loads of the last `n` steps, n = the domains of the round-robin cycle, so a one-domain batch is
+      not pushed off its expert) | off (no aux loss and no bias update during the warm start);
+    - router_init: random | domain_mean (each routed expert's router row starts as the mean router input of
+      its domain's tokens, less the mean over all domains, scaled to a random row's norm; computed from
+      `router_init_batches` batches per domain before the first step of a fresh run, after init_from).
     """
 
-    warm_start: str = "round_robin"  # none | round_robin | guided
+    warm_batches: str = "round_robin"  # round_robin | mixed
+    warm_routing: str = "learned"  # learned | guided | forced
+    warm_balance: str = "batch"  # batch | window | off
+    router_init: str = "random"  # random | domain_mean
+    router_init_batches: int = 4  # router_init=domain_mean: batches per domain
     guided_coef: float = 0.1  # weight of the router supervision term at step 0
     guided_anneal: str = "linear"  # linear | cosine | constant (then 0 after the warm start)
 
     def __post_init__(self) -> None:
-        _one_of(self.warm_start, "routing.warm_start", ("none", "round_robin", "guided"))
+        _one_of(self.warm_batches, "routing.warm_batches", ("round_robin", "mixed"))
+        _one_of(self.warm_routing, "routing.warm_routing", ("learned", "guided", "forced"))
+        _one_of(self.warm_balance, "routing.warm_balance", ("batch", "window", "off"))
+        _one_of(self.router_init, "routing.router_init", ("random", "domain_mean"))
         _one_of(self.guided_anneal, "routing.guided_anneal", ("linear", "cosine", "constant"))
         _check(math.isfinite(self.guided_coef) and self.guided_coef >= 0, "routing.guided_coef", "must be >= 0")
+        _check(self.router_init_batches > 0, "routing.router_init_batches", "must be > 0")
+
+    @property
+    def arm(self) -> str:
+        """A short name of the switches: `none` (mixed, learned, batch, random), else the settings that differ
+        from mixed/learned/batch/random, e.g. `round_robin+guided`, `forced`, `window+domain_mean`."""
+        parts = [self.warm_batches if self.warm_batches != "mixed" else "",
+                 self.warm_routing if self.warm_routing != "learned" else "",
+                 self.warm_balance if self.warm_balance != "batch" else "",
+                 self.router_init if self.router_init != "random" else ""]
+        return "+".join(p for p in parts if p) or "none"
+
+    @property
+    def warm_steps_needed(self) -> bool:
+        """Whether a switch acts during the warm start (so data.round_robin_steps must be > 0)."""
+        return self.warm_routing != "learned" or self.warm_balance != "batch"
 
 
 @dataclass
@@ -512,11 +545,18 @@ class TrainConfig:
                    f"{self.data.batch_size} is the global batch; it must divide evenly over {world} processes")
         _check(self.data.seq_len <= self.model.max_seq_len, "data.seq_len",
                f"{self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}")
-        if self.routing.warm_start == "guided":
-            _check(isinstance(self.data, DomainsDataConfig) and self.data.round_robin_steps > 0, "routing.warm_start",
-                   "guided needs multi-domain data (data=domains) and a warm start (data.round_robin_steps > 0)")
-            _check(self.model.first_k_dense < self.model.n_layers, "routing.warm_start",
-                   "guided needs MoE layers (model.first_k_dense < model.n_layers)")
+        r = self.routing
+        if r.warm_steps_needed or r.router_init != "random":
+            key = ("routing.warm_routing" if r.warm_routing != "learned" else
+                   "routing.warm_balance" if r.warm_balance != "batch" else "routing.router_init")
+            _check(isinstance(self.data, DomainsDataConfig) and (self.data.round_robin_steps > 0 or
+                                                                 not r.warm_steps_needed), key,
+                   f"{r.arm} needs multi-domain data (data=domains) and a warm start (data.round_robin_steps > 0)")
+            _check(self.model.first_k_dense < self.model.n_layers, key,
+                   f"{r.arm} needs MoE layers (model.first_k_dense < model.n_layers)")
+        if r.warm_routing == "forced" or r.warm_balance == "window" or r.router_init == "domain_mean":
+            _check(self.model.router_type == "token_choice", "model.router_type",
+                   f"routing {r.arm} needs token_choice routing, got {self.model.router_type}")
         for name, d in getattr(self.data, "domains", {}).items():
             _check(d.expert is None or 0 <= d.expert < self.model.n_routed_experts, f"data.domains.{name}.expert",
                    f"{d.expert} is not a routed expert of a model with {self.model.n_routed_experts}")
@@ -661,7 +701,8 @@ class ScalingConfig:
 class EvalDataConfig:
     """What `moe_lm.evaluate` reads."""
 
-    local_root: str = ""  # task=lm: a directory laid out like paths.data_root (conf/data/domains.yaml's files)
+    local_root: str = ""  # task=lm/knockout: a directory laid out like paths.data_root (conf/data/domains.yaml's files)
+    shards: str = ""  # task=lm/knockout: instead of local_root, the val split of prepared shards (<dir>/<domain>/val.bin)
     domains: List[str] = field(default_factory=list)  # task=lm: empty = every domain with a file there
     max_documents: int = 0  # task=lm: per domain, 0 = all
     file: str = ""  # task=gsm8k: the questions (gsm8k JSONL: question, answer)
@@ -673,7 +714,9 @@ class EvaluateConfig:
     """`python -m moe_lm.evaluate`: conf/evaluate.yaml (moe_lm/eval/heldout.py, moe_lm/eval/gsm8k.py)."""
 
     ckpt: str = ""
-    task: str = "lm"  # lm: loss, perplexity, bits per byte and routing per domain | gsm8k: exact match
+    # lm: loss, perplexity, bits per byte, routing and each expert's over-represented tokens per domain |
+    # knockout: each domain's loss with each routed expert removed from routing | gsm8k: exact match
+    task: str = "lm"
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
     context: int = 0  # window length, 0 = the model's max_seq_len
     stride: int = 0  # tokens between window starts, 0 = context / 2 (every token keeps >= half a window of context)
@@ -683,11 +726,14 @@ class EvaluateConfig:
     shots: int = 8  # gsm8k: examples in the prompt
     max_new_tokens: int = 256  # gsm8k
     limit: int = 0  # gsm8k: questions, 0 = all
+    vocab_top: int = 10  # task=lm: tokens listed per expert (highest lift), 0 = no vocabulary view
+    vocab_min_count: int = 20  # task=lm: a token's slots on an expert needed to be listed for it
     out: str = ""  # where eval.json & co go; empty = <run dir>/eval beside the checkpoint's checkpoints/
 
     def __post_init__(self) -> None:
         _check(bool(self.ckpt), "ckpt", "required, e.g. ckpt=runs/overfit_100_lines/checkpoints/final.ckpt")
-        _one_of(self.task, "task", ("lm", "gsm8k"))
+        _one_of(self.task, "task", ("lm", "knockout", "gsm8k"))
+        _check(self.vocab_top >= 0 and self.vocab_min_count >= 1, "vocab_top", "vocab_top >= 0, vocab_min_count >= 1")
         _one_of(self.precision, "precision", ("fp32", "bf16"))
         _check(self.context >= 0 and self.stride >= 0, "stride", "context and stride must be >= 0")
         _check(not self.context or not self.stride or self.stride <= self.context, "stride",
@@ -696,8 +742,9 @@ class EvaluateConfig:
         _check(self.shots >= 0 and self.max_new_tokens > 0 and self.limit >= 0, "shots",
                "shots and limit must be >= 0, max_new_tokens > 0")
         _check(self.data.max_documents >= 0, "data.max_documents", "must be >= 0")
-        _check(self.task != "lm" or bool(self.data.local_root), "data.local_root",
-               "required for task=lm: a directory laid out like paths.data_root")
+        _check(self.task == "gsm8k" or bool(self.data.local_root) != bool(self.data.shards), "data.local_root",
+               f"task={self.task} reads one of data.local_root (a directory laid out like paths.data_root) or "
+               f"data.shards (prepared shards, their val split)")
         _check(self.task != "gsm8k" or bool(self.data.file), "data.file", "required for task=gsm8k: a gsm8k JSONL")
         _check(self.task != "gsm8k" or not self.shots or bool(self.data.shots_file), "data.shots_file",
                f"required for {self.shots}-shot prompting (or shots=0)")

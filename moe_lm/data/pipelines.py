@@ -4,7 +4,7 @@
   run (saved as `<out>/tokenizer.json`), then `TextLinesDataModule`.
 - `DomainsDataConfig`: the multi-domain tokenizer at `prepare.tokenizer` (trained first when missing) and the
   shards under `prepare.out` (prepared first where missing: prepare is idempotent), then `DomainDataModule`
-  (with no round-robin phase under `routing.warm_start=none`).
+  (with no round-robin phase under `routing.warm_batches=mixed`).
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ def domains_pipeline(cfg: TrainConfig, out_dir: Path, given: Tokenizer | None) -
         raise ConfigError(f"prepare.tokenizer: {tok_path} is not the tokenizer of init_from={cfg.init_from}; use its "
                           f"tokenizer.json (and shards prepared with it)")
     prepare(cfg)  # idempotent: finished domains are skipped
-    data = cfg.data if cfg.routing.warm_start != "none" else dataclasses.replace(cfg.data, round_robin_steps=0)
+    mixed = cfg.routing.warm_batches == "mixed"  # the warm start's batches drawn as after it
+    data = dataclasses.replace(cfg.data, round_robin_steps=0) if mixed else cfg.data
     return tok, DomainDataModule(data, cfg.seed, cfg.trainer.accumulate_grad_batches)
 
 

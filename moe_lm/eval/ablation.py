@@ -1,8 +1,9 @@
-"""The specialisation ablation's report: arms (dense twin, MoE warm-start modes) compared over seeds.
+"""The specialisation ablations' report: arms (dense twin, MoE warm starts) compared over seeds.
 
-Each run's `result.json` says its arm (`dense`, else its `warm_start`) and holds its final `val/loss/<domain>` and
-`spec/...` scores; `routing/step*.json` beside it holds the scores at every validation. Numbers are the mean over
-seeds +/- half their range.
+Each run's `result.json` says its arm (`dense`, else its `warm_start`: the routing switches' short name,
+RoutingConfig.arm) and holds its final `val/loss/<domain>` and `spec/...` scores; `routing/step*.json` beside it
+holds the scores at every validation, and `knockout/eval.json` (from `python -m moe_lm.evaluate task=knockout`),
+when present, the causal specialisation ratios. Numbers are the mean over seeds +/- half their range.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import json
 from pathlib import Path
 from statistics import mean
 
-ARMS = ("dense", "none", "round_robin", "guided")
+ARMS = ("dense", "none", "round_robin", "round_robin+guided", "guided", "forced", "domain_mean",
+        "round_robin+guided+window")
 
 
 def arm_of(run: dict) -> str:
@@ -47,24 +49,44 @@ def domains_of(runs: list[dict]) -> list[str]:
 
 def ablation_table(runs: list[dict]) -> str:
     domains = domains_of(runs)
-    cols = ["val loss"] + domains + ["own share", "top-1 own", "NMI", "load CV", "step (s)"]
+    ko = [k for k in ("knockout/ratio_min", "knockout/ratio_max_min") if any(k in r for r in runs)]
+    cols = (["val loss"] + domains + ["hit rate", "own share", "top-1 own", "NMI", "load CV"]
+            + [{"knockout/ratio_min": "KO ratio (min)", "knockout/ratio_max_min": "KO own/max other (min)"}[k]
+               for k in ko] + ["step (s)"])
     rows = ["| arm | seeds | " + " | ".join(cols) + " |", "|---|---:|" + "---:|" * len(cols)]
     for arm, rs in by_arm(runs).items():
         cells = [cell(rs, "val/loss")] + [cell(rs, f"val/loss/{d}") for d in domains]
-        cells += [cell(rs, k) for k in ("spec/own_share", "spec/top1_own", "spec/nmi", "spec/load_cv")]
+        cells += [cell(rs, k) for k in ("spec/hit_rate", "spec/own_share", "spec/top1_own", "spec/nmi", "spec/load_cv")]
+        cells += [cell(rs, k, ".2f") for k in ko]
         cells.append(cell(rs, "step_time_s", ".2f"))
         rows.append(f"| {arm} | {len(rs)} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
-def own_share_history(run_dir: Path) -> list[tuple[int, float]]:
-    """(step, own-expert share) at every validation of one run."""
+def spec_history(run_dir: Path, key: str = "hit_rate") -> list[tuple[int, float]]:
+    """(step, a specialisation score) at every validation of one run."""
     points = []
     for f in sorted((run_dir / "routing").glob("step*.json")):
         rec = json.loads(f.read_text())
-        if "own_share" in rec.get("spec", {}):
-            points.append((rec["step"], rec["spec"]["own_share"]))
+        if key in rec.get("spec", {}):
+            points.append((rec["step"], rec["spec"][key]))
     return points
+
+
+def knockout_scores(run_dir: Path) -> dict[str, float]:
+    """The knockout ratios of `<run>/knockout/eval.json`, flat (empty when the run has none)."""
+    path = run_dir / "knockout" / "eval.json"
+    if not path.is_file():
+        return {}
+    ratios = json.loads(path.read_text())["ratios"]
+    means = [r["ratio_mean"] for r in ratios.values() if r["ratio_mean"] is not None]
+    maxes = [r["ratio_max"] for r in ratios.values() if r["ratio_max"] is not None]
+    out = {f"knockout/ratio/{d}": r["ratio_mean"] for d, r in ratios.items() if r["ratio_mean"] is not None}
+    if len(means) == len(ratios) and means:
+        out["knockout/ratio_min"] = min(means)
+    if len(maxes) == len(ratios) and maxes:
+        out["knockout/ratio_max_min"] = min(maxes)
+    return out
 
 
 def ablation_plots(runs: list[dict], sweep: Path) -> list[Path]:
@@ -93,18 +115,18 @@ def ablation_plots(runs: list[dict], sweep: Path) -> list[Path]:
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(6, 4))
     for arm, rs in groups.items():
-        curves = [dict(own_share_history(sweep / r["run"])) for r in rs]
+        curves = [dict(spec_history(sweep / r["run"])) for r in rs]
         steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
         if steps:
             ax.plot(steps, [mean(c[s] for c in curves) for s in steps], marker="o", label=arm)
-    ax.axhline(0.2, color="gray", linestyle="--", linewidth=1, label="uniform (1/5)")
+    ax.axhline(0.4, color="gray", linestyle="--", linewidth=1, label="uniform (top-2 of 5)")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("own-expert share (validation)")
+    ax.set_ylabel("own-expert hit rate (validation)")
     ax.set_title("do the experts keep their domains?")
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    share_png = sweep / "own_share.png"
+    share_png = sweep / "hit_rate.png"
     fig.savefig(share_png, dpi=120)
     plt.close(fig)
     return [loss_png, share_png]

@@ -5,7 +5,10 @@ Inputs are token-slot counts (L, D, E): MoE layer, domain, routed expert. `exper
 mapped to domain d in conf/data/domains.yaml, or None for a domain without one (web), which the
 own-expert scores and the mutual information leave out.
 
-- own-expert share: the fraction of a domain's slots that go to its own expert (uniform routing: 1/E);
+- own-expert hit rate: the fraction of a domain's tokens whose top-k holds its own expert (uniform routing: K/E,
+  ceiling 1). A token's K experts are distinct, so it is the own expert's slots over the domain's tokens;
+- own-expert share: the fraction of a domain's slots that go to its own expert (uniform routing: 1/E, ceiling
+  1/K);
 - top-1 own rate: the same for each token's highest-weighted expert only (counts of top-1 choices);
 - NMI: mutual information between domain and chosen expert over the expert domains' slots, divided by the
   mean of the two entropies (scikit-learn's arithmetic normalisation): 1 for a one-to-one map, 0 when the
@@ -43,6 +46,14 @@ def own_share(counts: torch.Tensor, experts: Sequence[Optional[int]]) -> torch.T
     return torch.stack([c[:, d, e] / c[:, d].sum(-1).clamp_min(1) for d, e in own], dim=-1)
 
 
+def hit_rate(counts: torch.Tensor, top1: torch.Tensor, experts: Sequence[Optional[int]]) -> torch.Tensor:
+    """counts, top1 (L, D, E) -> (L, D_own): each expert domain's share of tokens with its own expert in the top-k.
+    top1 holds one count per token, so its row sums are the domain's tokens."""
+    own = [(d, e) for d, e in enumerate(experts) if e is not None]
+    c, t = counts.double(), top1.double()
+    return torch.stack([c[:, d, e] / t[:, d].sum(-1).clamp_min(1) for d, e in own], dim=-1)
+
+
 def specialisation_metrics(counts: torch.Tensor, top1: torch.Tensor, domains: Sequence[str],
                            experts: Sequence[Optional[int]]) -> dict[str, float]:
     """counts, top1: (L, D, E) slot counts of all top-k choices and of the top-1 choice -> flat metric dict."""
@@ -51,8 +62,11 @@ def specialisation_metrics(counts: torch.Tensor, top1: torch.Tensor, domains: Se
     out: dict[str, float] = {}
     if own_idx:
         share, first = own_share(counts, experts), own_share(top1, experts)  # (L, D_own)
+        hits = hit_rate(counts, top1, experts)  # (L, D_own)
         nmi = torch.stack([normalised_mutual_information(layer[own_idx]) for layer in counts])  # (L,)
-        out.update({"own_share": float(share.mean()), "top1_own": float(first.mean()), "nmi": float(nmi.mean())})
+        out.update({"hit_rate": float(hits.mean()), "own_share": float(share.mean()), "top1_own": float(first.mean()),
+                    "nmi": float(nmi.mean())})
+        out.update({f"hit_rate/{n}": float(hits[:, i].mean()) for i, n in enumerate(own_domains)})
         out.update({f"own_share/{n}": float(share[:, i].mean()) for i, n in enumerate(own_domains)})
         out.update({f"top1_own/{n}": float(first[:, i].mean()) for i, n in enumerate(own_domains)})
         out.update({f"own_share/layer{li}": float(v) for li, v in enumerate(share.mean(1))})

@@ -14,6 +14,8 @@ from moe_lm.config import ConfigError
 
 
 def load_runs(sweep: Path) -> list[dict]:
+    from moe_lm.eval.ablation import knockout_scores
+
     runs = []
     for f in sorted(sweep.rglob("result.json")):
         try:
@@ -23,6 +25,7 @@ def load_runs(sweep: Path) -> list[dict]:
         if not isinstance(r, dict):
             raise ConfigError(f"dir: {f} is not a result.json written by moe_lm.train (not a JSON object)")
         r["run"] = str(f.parent.relative_to(sweep)) or "."
+        r.update(knockout_scores(f.parent))  # `python -m moe_lm.evaluate task=knockout` beside it, if run
         runs.append(r)
     if not runs:
         raise FileNotFoundError(f"dir: no result.json below {sweep} (did the runs finish?)")

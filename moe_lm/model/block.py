@@ -33,12 +33,13 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: Optional[KVCache] = None,
                 attn_mask: Optional[torch.Tensor] = None, token_mask: Optional[torch.Tensor] = None,
-                token_ids: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[MoEStats]]:
+                token_ids: Optional[torch.Tensor] = None,
+                forced: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[MoEStats]]:
         x = x + self.dropout(self.self_attn(self.input_layernorm(x), cos, sin, cache, attn_mask))
         h = self.post_attention_layernorm(x)
         stats = None
         if self.is_moe:
-            h, stats = self.mlp(h, token_mask, token_ids)
+            h, stats = self.mlp(h, token_mask, token_ids, forced)
         else:
             h = self.mlp(h)
         return x + self.dropout(h), stats

@@ -40,11 +40,19 @@ class TopkRouter(nn.Module):
         self.use_bias = cfg.use_aux_free_bias
         self.weight = nn.Parameter(torch.empty(cfg.n_routed_experts, cfg.d_model))
         self.register_buffer("e_score_correction_bias", torch.zeros(cfg.n_routed_experts))
+        # (E,) bool: experts removed from routing (never chosen), for knockout evaluation; None = all experts
+        self.removed_experts: Optional[torch.Tensor] = None
 
-    def forward(self, x: torch.Tensor) -> RouterOutput:
+    def forward(self, x: torch.Tensor, forced: Optional[torch.Tensor] = None) -> RouterOutput:
+        """x: (N, D). forced: optional (N,) expert that must hold one of each token's top-k slots (-1: none)."""
         logits = F.linear(x.float(), self.weight.float())  # (N, E), fp32 routing
         scores = logits.softmax(-1) if self.scoring == "softmax" else logits.sigmoid()
         choice = scores + self.e_score_correction_bias if self.use_bias else scores
+        if self.removed_experts is not None:
+            choice = choice.masked_fill(self.removed_experts.to(choice.device), float("-inf"))
+        if forced is not None:  # the own expert ranks first; the other K-1 slots are the router's choice
+            own = (forced[:, None] == torch.arange(choice.shape[-1], device=choice.device))  # (N, E), all False at -1
+            choice = choice.masked_fill(own, float("inf"))
         topk_idx = choice.topk(self.top_k, dim=-1).indices  # (N, K)
         topk_weight = scores.gather(-1, topk_idx)  # (N, K): unbiased scores
         if self.norm_topk_prob:
@@ -248,17 +256,22 @@ class MoEStats:
 
 
 def load_balance_loss(scores: torch.Tensor, counts: torch.Tensor, top_k: int, scoring: str,
-                      mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                      mask: Optional[torch.Tensor] = None,
+                      prior: Optional[tuple[torch.Tensor, int]] = None) -> torch.Tensor:
     """Switch/GShard loss E * sum_i f_i * P_i over all N tokens of the batch (not per sequence).
 
     f_i = counts_i / (N*K) is the fraction of token slots sent to expert i (no gradient);
     P_i is the mean routing probability of expert i (sigmoid scores are normalised per token).
     mask: optional (N,) float, 1 for the tokens that count (padding excluded); counts must match it.
+    prior: optional (sum of the slot shares f of n earlier batches (E,), n): f is then the mean of this batch's
+    and those n batches' shares (a balance window: a one-domain batch is balanced against the others).
     """
     probs = scores if scoring == "softmax" else scores / scores.sum(-1, keepdim=True)
     n_experts = scores.shape[-1]
     n_tokens = scores.shape[0] if mask is None else mask.sum().clamp_min(1)
     f = counts.float() / (n_tokens * top_k)
+    if prior is not None:
+        f = (f + prior[0].to(f.device, f.dtype)) / (1 + prior[1])
     p_mean = probs.float().mean(0) if mask is None else (probs.float() * mask[:, None]).sum(0) / n_tokens
     return n_experts * (f * p_mean).sum()
 
@@ -311,6 +324,8 @@ class MoE(nn.Module):
         # With several processes, the trainer sets this to the mean over processes, so that the balance loss sees
         # the global batch's expert loads (each process holds an equal share of its tokens); None: this batch only.
         self.counts_reducer: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+        # (summed slot shares (E,) of n earlier steps, n), set by the trainer for a balance window; None: this batch
+        self.balance_prior: Optional[tuple[torch.Tensor, int]] = None
 
     @torch.no_grad()
     def record_load(self, counts: torch.Tensor) -> None:
@@ -341,13 +356,14 @@ class MoE(nn.Module):
         return self.experts.run_chosen(x2, token_idx, weight), counts
 
     def forward(self, x: torch.Tensor, token_mask: Optional[torch.Tensor] = None,
-                token_ids: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, MoEStats]:
+                token_ids: Optional[torch.Tensor] = None,
+                forced: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, MoEStats]:
         """x: (B, T, D). token_mask: optional (B, T) bool, the tokens that count in the expert loads, the
         balance losses and the bias update (padding does not); every token is still computed. token_ids: (B, T),
-        for hash routing."""
+        for hash routing. forced: optional (B, T) expert each token must use (-1: none; token choice only)."""
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])  # (N, D)
-        r = self._route(self.gate(x2), token_ids)
+        r = self._route(self.gate(x2, None if forced is None else forced.reshape(-1)), token_ids)
         E, K = self.cfg.n_routed_experts, self.cfg.top_k
         mask = None if token_mask is None else token_mask.reshape(-1).to(torch.float32)  # (N,)
         if self.cfg.router_type == "expert_choice":
@@ -385,7 +401,7 @@ class MoE(nn.Module):
             return sequence_balance_loss(r.scores.view(B, T, -1), r.topk_idx.view(B, T, K), K, scoring,
                                          None if mask is None else mask.view(B, T))
         loads = counts if self.counts_reducer is None else self.counts_reducer(counts)
-        return load_balance_loss(r.scores, loads, K, scoring, mask)
+        return load_balance_loss(r.scores, loads, K, scoring, mask, self.balance_prior)
 
     @torch.no_grad()
     def update_bias(self, rate: float) -> None:

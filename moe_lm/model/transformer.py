@@ -88,7 +88,8 @@ class MoETransformer(nn.Module):
                 positions: Optional[torch.Tensor] = None, attn_mask: Optional[torch.Tensor] = None,
                 logits_at: Optional[torch.Tensor] = None, return_hidden: bool = False,
                 token_mask: Optional[torch.Tensor] = None, targets: Optional[torch.Tensor] = None,
-                ce_chunk_size: int = 0, routing_stats: bool = True) -> ModelOutput:
+                ce_chunk_size: int = 0, routing_stats: bool = True,
+                forced_expert: Optional[torch.Tensor] = None) -> ModelOutput:
         """input_ids: (B, T). With a cache, positions default to continuing after the cached tokens.
 
         logits_at: optional (B, T) bool mask; logits are then computed only there, shape (M, V) (evaluation skips
@@ -99,6 +100,8 @@ class MoETransformer(nn.Module):
         routing_stats=False (not in training): no routing tensors are gathered (decoding reads none).
         token_mask: optional (B, T) bool, the tokens that count in routing statistics and balance losses
         (training passes the loss mask, so padding skews neither the balance nor the router bias update).
+        forced_expert: optional (B, T) routed expert that must hold one of each token's top-k slots in every MoE
+        layer (-1: none; the forced warm start).
         """
         B, T = input_ids.shape
         if cache is not None and self.cfg.router_type == "expert_choice":
@@ -117,9 +120,10 @@ class MoETransformer(nn.Module):
         recompute = self.gradient_checkpointing and self.training and cache is None and torch.is_grad_enabled()
         for layer in self.layers:
             if recompute:  # keep only each block's input; its activations are recomputed in the backward pass
-                x, s = checkpoint(layer, x, cos, sin, None, attn_mask, token_mask, input_ids, use_reentrant=False)
+                x, s = checkpoint(layer, x, cos, sin, None, attn_mask, token_mask, input_ids, forced_expert,
+                                  use_reentrant=False)
             else:
-                x, s = layer(x, cos, sin, cache, attn_mask, token_mask, input_ids)
+                x, s = layer(x, cos, sin, cache, attn_mask, token_mask, input_ids, forced_expert)
             if s is not None:
                 stats.append(s)
             if return_hidden:

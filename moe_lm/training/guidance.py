@@ -17,7 +17,7 @@ from moe_lm.config import RoutingConfig
 
 def guided_coef(cfg: RoutingConfig, step: int, warm_steps: int) -> float:
     """The supervision weight at optimizer step `step` (a pure function of the step: resumes continue it)."""
-    if cfg.warm_start != "guided" or step >= warm_steps:
+    if cfg.warm_routing != "guided" or step >= warm_steps:
         return 0.0
     progress = step / warm_steps
     if cfg.guided_anneal == "constant":
@@ -25,6 +25,12 @@ def guided_coef(cfg: RoutingConfig, step: int, warm_steps: int) -> float:
     if cfg.guided_anneal == "cosine":
         return cfg.guided_coef * 0.5 * (1 + math.cos(math.pi * progress))
     return cfg.guided_coef * (1 - progress)
+
+
+def forced_experts(domain: torch.Tensor, targets: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """(B, T) the routed expert each token must use under the forced warm start: its domain's, -1 for a domain
+    without one. domain (B,) per sample; targets (D,) expert per domain."""
+    return targets.to(domain.device)[domain][:, None].expand(-1, seq_len)
 
 
 def expert_targets(experts: Sequence[Optional[int]]) -> torch.Tensor:

@@ -8,6 +8,7 @@ return the detached routing tensors they need.
 from __future__ import annotations
 
 import dataclasses
+from collections import deque
 from typing import Any, Optional, Sequence
 
 import lightning as L
@@ -17,12 +18,13 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics.aggregation import MeanMetric
 
 from moe_lm.config import TrainConfig
+from moe_lm.data.mixture import round_robin_order
 from moe_lm.data.text_lines import IGNORE_INDEX
 from moe_lm.errors import NonFiniteError
 from moe_lm.model import MoETransformer
 from moe_lm.training.checkpointing import check_architecture
 from moe_lm.training.distributed import clip_grad_norm, mean_over_processes
-from moe_lm.training.guidance import expert_targets, guided_coef, router_supervision_loss
+from moe_lm.training.guidance import expert_targets, forced_experts, guided_coef, router_supervision_loss
 from moe_lm.training.optim import apply_current_settings, configure_optimizers
 
 
@@ -36,6 +38,10 @@ class MoELitModule(L.LightningModule):
         # routed expert of each domain (-1: none), for the guided warm start
         self.register_buffer("domain_expert", expert_targets(experts or [None] * len(self.domains)), persistent=False)
         self.warm_steps = getattr(cfg.data, "round_robin_steps", 0)
+        # warm_balance=window: the (L, E) expert loads of the last steps, as many as the domains cycled
+        window = len(round_robin_order(cfg.data)) if hasattr(cfg.data, "domains") else 1
+        self.load_window: deque[torch.Tensor] = deque(maxlen=max(1, window))
+        self.warm_now = False  # whether the current optimizer step is in the warm start
         self.val_loss = MeanMetric()  # token-weighted: each batch's mean counts by its number of targets
         self.val_domain_loss = torch.nn.ModuleList(MeanMetric() for _ in self.domains)  # one val loader each
         # sum of the current optimizer step's micro-batch losses
@@ -48,6 +54,37 @@ class MoELitModule(L.LightningModule):
         if self.trainer.world_size > 1:  # the balance loss sees the global batch's expert loads
             for moe in self.model.moe_layers():
                 moe.counts_reducer = mean_over_processes
+        if self.cfg.routing.router_init == "domain_mean" and self.trainer.ckpt_path is None:
+            self._init_router()  # a fresh run only: a resumed one has its router rows in the checkpoint
+
+    def _init_router(self) -> None:
+        from moe_lm.training.router_init import domain_batches, domain_mean_router_inputs, init_router_from_domains
+
+        dm = self.trainer.datamodule
+        batches = domain_batches(dm.train_shards, dm.plan, self.cfg.routing.router_init_batches, self.cfg.seed)
+        means = domain_mean_router_inputs(self.model, batches, len(self.domains))
+        experts = [None if e < 0 else e for e in self.domain_expert.tolist()]
+        info = init_router_from_domains(self.model, means, experts)
+        cos = torch.tensor(info["row_cosines"])  # (L, E', E')
+        off = cos[:, ~torch.eye(cos.shape[-1], dtype=torch.bool)]
+        self.print(f"router rows of experts {info['experts']} set from the domains' mean router inputs "
+                   f"({len(batches)} batches); cosine between rows: mean {off.mean():.3f}, max {off.max():.3f}")
+
+    def _warm_switches(self, batch: dict[str, torch.Tensor]) -> Optional[torch.Tensor]:
+        """Set up the warm start's routing and balance for this micro-batch; the forced experts (B, T) or None."""
+        r = self.cfg.routing
+        self.warm_now = warm = self.training and self.global_step < self.warm_steps
+        if r.warm_balance == "window":  # the aux loss's loads: this batch's and the window's earlier steps'
+            prior, earlier = None, list(self.load_window)[1 - self.load_window.maxlen:]  # the last n - 1 steps
+            if warm and earlier and self.load_window.maxlen > 1:
+                stacked = torch.stack([t.to(self.device) for t in earlier])  # (n - 1, L, E)
+                shares = stacked / stacked.sum(-1, keepdim=True).clamp_min(1)
+                prior = [(layer, len(earlier)) for layer in shares.sum(0)]
+            for i, moe in enumerate(self.model.moe_layers()):
+                moe.balance_prior = None if prior is None else prior[i]
+        if warm and r.warm_routing == "forced":
+            return forced_experts(batch["domain"], self.domain_expert, batch["input_ids"].shape[1])
+        return None
 
     def _step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         """(loss to optimise, cross-entropy over valid targets, detached routing tensors for the callbacks)."""
@@ -55,8 +92,9 @@ class MoELitModule(L.LightningModule):
         valid = targets != IGNORE_INDEX  # (B, T)
         # the LM head fused with the loss; padding targets count for nothing there, nor in the routing statistics
         # (fixed shapes throughout: a compiled model has no data-dependent shape to break on)
+        forced = self._warm_switches(batch)
         out = self.model(batch["input_ids"], token_mask=valid, targets=targets,
-                         ce_chunk_size=self.cfg.trainer.ce_chunk_size)
+                         ce_chunk_size=self.cfg.trainer.ce_chunk_size, forced_expert=forced)
         ce_sum = out.ce_sum
         ce = ce_sum / valid.sum()
         # Under gradient accumulation each micro-batch's share of the step is its number of valid targets (padding
@@ -64,7 +102,8 @@ class MoELitModule(L.LightningModule):
         step_ce = (ce_sum * self.cfg.trainer.accumulate_grad_batches / batch["step_targets"]
                    if self.training and "step_targets" in batch else ce)
         m = self.cfg.model
-        loss = (step_ce + (m.aux_loss_coef * out.aux_loss if m.use_aux_loss else 0)
+        balance = m.use_aux_loss and not (self.warm_now and self.cfg.routing.warm_balance == "off")
+        loss = (step_ce + (m.aux_loss_coef * out.aux_loss if balance else 0)
                 + (m.z_loss_coef * out.z_loss if m.use_z_loss else 0))
         extra = {}
         if out.lm_z_sum is not None:  # output z-loss (PaLM): the LM head's mean squared logsumexp
@@ -144,20 +183,37 @@ class MoELitModule(L.LightningModule):
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
+        layers = self.model.moe_layers()
         if self.trainer.world_size > 1:
-            for moe in self.model.moe_layers():
+            for moe in layers:
                 torch.distributed.all_reduce(moe.tokens_per_expert)
+        scope = self.cfg.routing.warm_balance if self.warm_now else "batch"
+        if scope == "off":  # no bias update in the warm start
+            for moe in layers:
+                moe.tokens_per_expert.zero_()
+        elif scope == "window" and layers:  # the bias sees the loads of the window's steps
+            self.load_window.append(torch.stack([moe.tokens_per_expert for moe in layers]).detach().clone())
+            for moe, load in zip(layers, torch.stack([t.to(self.device) for t in self.load_window]).sum(0)):
+                moe.tokens_per_expert.copy_(load)
+        elif self.load_window:  # after the warm start: the usual balancing
+            self.load_window.clear()
+            for moe in layers:
+                moe.balance_prior = None
         self.model.update_router_biases()  # once per optimizer step, after accumulation
 
     # ---- checkpoint: what the model is ---------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["moe_lm_config"] = dataclasses.asdict(self.cfg)  # plain dict: safe to load
+        if self.load_window:  # the balance window of the warm start (plain lists: safe to load)
+            checkpoint["balance_window"] = [t.tolist() for t in self.load_window]
         if self.tokenizer is not None:
             checkpoint["tokenizer_json"] = self.tokenizer.to_str()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         check_architecture(checkpoint, self.cfg.model)  # before the weights load: a clear message, not a shape error
         changed = apply_current_settings(checkpoint, self.model, self.cfg)  # before the optimizer state loads
+        self.load_window.clear()
+        self.load_window.extend(torch.tensor(t) for t in checkpoint.get("balance_window", []))
         if changed:
             rank_zero_warn("resuming with changed optimizer/schedule settings, applied from this step on:\n  "
                            + "\n  ".join(changed))
