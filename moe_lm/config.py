@@ -705,6 +705,7 @@ class EvalDataConfig:
     shards: str = ""  # task=lm/knockout: instead of local_root, the val split of prepared shards (<dir>/<domain>/val.bin)
     domains: List[str] = field(default_factory=list)  # task=lm: empty = every domain with a file there
     max_documents: int = 0  # task=lm: per domain, 0 = all
+    max_tokens: int = 0  # task=lm/knockout with data.shards: the first N val tokens per domain, 0 = all
     file: str = ""  # task=gsm8k: the questions (gsm8k JSONL: question, answer)
     shots_file: str = ""  # task=gsm8k: the k-shot examples, from another split than `file`
 
@@ -741,7 +742,8 @@ class EvaluateConfig:
         _check(self.batch_size > 0, "batch_size", "must be > 0")
         _check(self.shots >= 0 and self.max_new_tokens > 0 and self.limit >= 0, "shots",
                "shots and limit must be >= 0, max_new_tokens > 0")
-        _check(self.data.max_documents >= 0, "data.max_documents", "must be >= 0")
+        _check(self.data.max_documents >= 0 and self.data.max_tokens >= 0, "data.max_documents",
+               "data.max_documents and data.max_tokens must be >= 0")
         _check(self.task == "gsm8k" or bool(self.data.local_root) != bool(self.data.shards), "data.local_root",
                f"task={self.task} reads one of data.local_root (a directory laid out like paths.data_root) or "
                f"data.shards (prepared shards, their val split)")

@@ -49,10 +49,10 @@ def domains_of(runs: list[dict]) -> list[str]:
 
 def ablation_table(runs: list[dict]) -> str:
     domains = domains_of(runs)
-    ko = [k for k in ("knockout/ratio_min", "knockout/ratio_max_min") if any(k in r for r in runs)]
-    cols = (["val loss"] + domains + ["hit rate", "own share", "top-1 own", "NMI", "load CV"]
-            + [{"knockout/ratio_min": "KO ratio (min)", "knockout/ratio_max_min": "KO own/max other (min)"}[k]
-               for k in ko] + ["step (s)"])
+    names = {"knockout/ratio_min": "KO own/mean other (min)", "knockout/own_3x": "domains with KO own >= 3x any other"}
+    ko = [k for k in names if any(k in r for r in runs)]
+    cols = ["val loss"] + domains + ["hit rate", "own share", "top-1 own", "NMI", "load CV"] + [names[k] for k in ko]
+    cols.append("step (s)")
     rows = ["| arm | seeds | " + " | ".join(cols) + " |", "|---|---:|" + "---:|" * len(cols)]
     for arm, rs in by_arm(runs).items():
         cells = [cell(rs, "val/loss")] + [cell(rs, f"val/loss/{d}") for d in domains]
@@ -86,6 +86,7 @@ def knockout_scores(run_dir: Path) -> dict[str, float]:
         out["knockout/ratio_min"] = min(means)
     if len(maxes) == len(ratios) and maxes:
         out["knockout/ratio_max_min"] = min(maxes)
+    out["knockout/own_3x"] = sum(bool(r.get("own_3x_any_other")) for r in ratios.values())
     return out
 
 

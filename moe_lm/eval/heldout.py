@@ -3,6 +3,7 @@
 Documents: every source of every domain in conf/data/domains.yaml whose `local_file` exists under the given
 directory, read and formatted exactly as `prepare` does (moe_lm/data/shard_writer.py), skipped records counted
 by reason. Each domain's documents form one stream, `<|endoftext|> doc <|endoftext|> doc ...`, as in training.
+Or the val split of prepared shards (`shard_streams`): the same streams, already tokenised (no bits per byte).
 
 Scoring: sliding windows of `context` tokens whose starts are `stride` apart; each window scores only the
 targets no earlier window scored, so every token of the stream after the first is predicted exactly once, with
@@ -79,13 +80,18 @@ def windows(n: int, context: int, stride: int) -> Iterator[tuple[int, int, int]]
 
 @torch.no_grad()
 def score_stream(model: MoETransformer, ids: list[int], context: int, stride: int, batch_size: int,
-                 precision: str = "fp32", progress=None) -> dict[str, Any]:
+                 precision: str = "fp32", progress=None, vocab: bool = False) -> dict[str, Any]:
     """Sum of target NLLs (nats), number of targets, and (L, E) routed-slot counts of the scored inputs' tokens,
-    plus (L, E) counts of their top-1 expert."""
+    plus (L, E) counts of their top-1 expert (the highest-weighted, as in training's routing monitor); with
+    vocab=True also (V, E) slot counts per input token id, summed over the MoE layers."""
+    from moe_lm.eval.routing import domain_expert_counts
+
     device = next(model.parameters()).device
     stream = torch.tensor(ids, dtype=torch.long)
     spans = list(windows(len(ids), context, stride))
+    E = model.cfg.n_routed_experts
     nll, n, counts, top1 = 0.0, 0, None, None
+    per_token = torch.zeros(model.cfg.vocab_size * E, dtype=torch.long) if vocab else None
     for i in range(0, len(spans), batch_size):
         group = spans[i:i + batch_size]
         width = max(e - b for b, e, _ in group)
@@ -102,55 +108,100 @@ def score_stream(model: MoETransformer, ids: list[int], context: int, stride: in
         nll += float(out.ce_sum)
         n += int(targets.numel())
         if out.topk_idx is not None:
-            from moe_lm.eval.routing import domain_expert_counts
-
             mask, dom = score[:, :-1], torch.zeros(len(group), dtype=torch.long, device=device)
-            E = model.cfg.n_routed_experts
+            first_choice = out.topk_idx.gather(-1, out.topk_weight.argmax(-1, keepdim=True))  # (L, N, 1)
             c = domain_expert_counts(out.topk_idx, dom, 1, E, mask)[:, 0]  # (L, E)
-            t = domain_expert_counts(out.topk_idx[..., :1], dom, 1, E, mask)[:, 0]
+            t = domain_expert_counts(first_choice, dom, 1, E, mask)[:, 0]
             counts, top1 = (c, t) if counts is None else (counts + c, top1 + t)
+            if per_token is not None:  # bin token * E + expert of every scored token's slots, all layers
+                keep = mask.reshape(-1)  # (N,)
+                tok_ids = x[:, :-1].reshape(-1)[keep]  # (M,)
+                chosen = out.topk_idx[:, keep]  # (L, M, K)
+                per_token += torch.bincount((tok_ids[None, :, None] * E + chosen).flatten().cpu(),
+                                            minlength=per_token.numel())
         if progress is not None:
             progress(len(group))
-    return {"nll": nll, "tokens": n, "counts": counts, "top1": top1}
+    result = {"nll": nll, "tokens": n, "counts": counts, "top1": top1}
+    if per_token is not None:
+        result["vocab"] = per_token.view(-1, E)
+    return result
 
 
-def domain_result(name: str, docs: dict[str, Any], scored: dict[str, Any]) -> dict[str, Any]:
-    n_bytes = sum(len(d.encode("utf-8")) for d in docs["documents"])
+def text_info(docs: dict[str, Any]) -> dict[str, Any]:
+    """What a domain's result reports of its input: files, documents, skipped records, UTF-8 bytes."""
+    return {"files": docs["files"], "documents": len(docs["documents"]), "skipped": docs["skipped"],
+            "bytes": sum(len(d.encode("utf-8")) for d in docs["documents"])}
+
+
+def domain_result(name: str, info: dict[str, Any], scored: dict[str, Any]) -> dict[str, Any]:
+    """info: text_info's keys; bytes None for token shards (no bits per byte then)."""
     loss = scored["nll"] / max(1, scored["tokens"])
-    return {"domain": name, "files": docs["files"], "documents": len(docs["documents"]), "skipped": docs["skipped"],
+    n_bytes = info["bytes"]
+    return {"domain": name, "files": info["files"], "documents": info["documents"], "skipped": info["skipped"],
             "tokens": scored["tokens"], "bytes": n_bytes, "nll_nats": scored["nll"], "loss": loss,
-            "ppl": math.exp(min(loss, 700.0)), "bpb": scored["nll"] / math.log(2) / max(1, n_bytes)}
+            "ppl": math.exp(min(loss, 700.0)), "bpb": scored["nll"] / math.log(2) / max(1, n_bytes) if n_bytes is not None else None}
 
 
-def evaluate_domains(model: MoETransformer, tok, docs: dict[str, dict[str, Any]], context: int, stride: int,
-                     batch_size: int, precision: str) -> tuple[list[dict[str, Any]], Optional[torch.Tensor],
-                                                           Optional[torch.Tensor]]:
-    """Per-domain results, and the (L, D, E) routed-slot and top-1 counts (None for a dense model)."""
+def shard_streams(root: Path, names: list[str], tok, max_tokens: int = 0
+                  ) -> tuple[dict[str, list[int]], dict[str, dict[str, Any]]]:
+    """The val split of prepared shards (its first max_tokens tokens, 0 = all): ({domain: token ids},
+    {domain: text_info-like info}). The shards must have been made with `tok` (their meta's tokenizer hash)."""
+    import json
+
+    import numpy as np
+
+    from moe_lm.data.bpe import tokenizer_hash
+
+    dirs = sorted(p.parent.name for p in root.glob("*/meta.json"))
+    unknown = [n for n in names if n not in dirs]
+    if not dirs or unknown:
+        raise ConfigError(f"data.shards: {root} holds no prepared domain{' ' + str(unknown) if unknown else ''} "
+                          f"(expected <dir>/<domain>/meta.json and val.bin, written by python -m moe_lm.prepare)")
+    streams, infos = {}, {}
+    for name in names or dirs:
+        meta = json.loads((root / name / "meta.json").read_text())
+        if meta.get("tokenizer_hash") != tokenizer_hash(tok):
+            raise ConfigError(f"data.shards: {root / name} was tokenised with tokenizer {meta.get('tokenizer_hash')}, "
+                              f"the checkpoint's is {tokenizer_hash(tok)}")
+        ids = np.fromfile(root / name / "val.bin", dtype=meta["dtype"], count=max_tokens or -1).astype(np.int64)
+        streams[name] = ids.tolist()
+        infos[name] = {"files": [f"{name}/val.bin"], "documents": meta["documents"]["val"] if not max_tokens else 0, "skipped": {}, "bytes": None}
+    return streams, infos
+
+
+def evaluate_domains(model: MoETransformer, streams: dict[str, list[int]], infos: dict[str, dict[str, Any]],
+                     context: int, stride: int, batch_size: int, precision: str, vocab: bool = False,
+                     label: str = "evaluating") -> tuple[list[dict[str, Any]], Optional[torch.Tensor],
+                                                         Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Per-domain results, the (L, D, E) routed-slot and top-1 counts (None for a dense model), and with vocab=True
+    the (V, E) slot counts per token id over all domains (else None)."""
     from rich.progress import Progress
 
-    streams = {name: token_stream(tok, d["documents"]) for name, d in docs.items()}
-    results, counts, top1 = [], [], []
+    results, counts, top1, per_token = [], [], [], None
     total = sum(len(list(windows(len(s), context, stride))) for s in streams.values() if len(s) > 1)
-    with Progress() as bar:
-        task = bar.add_task("evaluating", total=total)
+    with Progress(transient=True) as bar:
+        task = bar.add_task(label, total=total)
         for name, ids in streams.items():
             scored = (score_stream(model, ids, context, stride, batch_size, precision,
-                                   lambda k: bar.advance(task, k)) if len(ids) > 1
+                                   lambda k: bar.advance(task, k), vocab) if len(ids) > 1
                       else {"nll": 0.0, "tokens": 0, "counts": None, "top1": None})
-            results.append(domain_result(name, docs[name], scored))
+            results.append(domain_result(name, infos[name], scored))
             counts.append(scored["counts"])
             top1.append(scored["top1"])
+            if scored.get("vocab") is not None:
+                per_token = scored["vocab"] if per_token is None else per_token + scored["vocab"]
     if any(c is None for c in counts) or not counts:
-        return results, None, None
-    return results, torch.stack(counts, 1), torch.stack(top1, 1)  # (L, D, E)
+        return results, None, None, per_token
+    return results, torch.stack(counts, 1), torch.stack(top1, 1), per_token  # (L, D, E)
 
 
 def overall(results: list[dict[str, Any]]) -> dict[str, Any]:
-    nll, tokens, n_bytes = (sum(r[k] for r in results) for k in ("nll_nats", "tokens", "bytes"))
+    nll, tokens = (sum(r[k] for r in results) for k in ("nll_nats", "tokens"))
+    n_bytes = None if any(r["bytes"] is None for r in results) else sum(r["bytes"] for r in results)
     loss = nll / max(1, tokens)
     return {"domain": "all", "documents": sum(r["documents"] for r in results), "tokens": tokens, "bytes": n_bytes,
             "nll_nats": nll, "loss": loss, "ppl": math.exp(min(loss, 700.0)),
-            "bpb": nll / math.log(2) / max(1, n_bytes)}
+            "bpb": nll / math.log(2) / max(1, n_bytes) if n_bytes is not None else None}
 
 
 def markdown(results: list[dict[str, Any]], total: dict[str, Any]) -> str:
@@ -158,6 +209,7 @@ def markdown(results: list[dict[str, Any]], total: dict[str, Any]) -> str:
             "|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in [*results, total]:
         skipped = ", ".join(f"{k}: {v}" for k, v in r.get("skipped", {}).items()) or "-"
-        rows.append(f"| {r['domain']} | {r['documents']:,} | {r['tokens']:,} | {r['bytes']:,} | {r['loss']:.4f} | "
-                    f"{r['ppl']:.2f} | {r['bpb']:.4f} | {skipped} |")
+        n_bytes, bpb = ("-", "-") if r["bytes"] is None else (f"{r['bytes']:,}", f"{r['bpb']:.4f}")
+        rows.append(f"| {r['domain']} | {r['documents']:,} | {r['tokens']:,} | {n_bytes} | {r['loss']:.4f} | "
+                    f"{r['ppl']:.2f} | {bpb} | {skipped} |")
     return "\n".join(rows)

@@ -8,37 +8,47 @@ from typing import Optional, Sequence
 import torch
 
 
+def matrix_heatmap(values: torch.Tensor, rows: list[str], experts: Optional[Sequence[Optional[int]]], path: Path,
+                   title: str, cmap: str = "viridis", vmin: float = 0.0, vmax: float = 1.0,
+                   xlabel: str = "routed expert", ylabel: str = "domain", fmt: str = "{:.2f}",
+                   cbar_label: str = "") -> Path:
+    """A (rows, experts) matrix as a PNG, each value written in its cell; `experts[r]`, the expert mapped to row
+    r (or None), is outlined in red."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * values.shape[1], 1.0 + 0.5 * len(rows)))
+    im = ax.imshow(values.numpy(), cmap=cmap, vmin=vmin, vmax=vmax)
+    ax.set_xticks(range(values.shape[1]), [f"E{e}" for e in range(values.shape[1])])
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    for d, e in enumerate(experts or []):
+        if e is not None:  # the row's own expert
+            ax.add_patch(plt.Rectangle((e - 0.5, d - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+    for i in range(values.shape[0]):
+        for e in range(values.shape[1]):
+            ax.text(e, i, fmt.format(float(values[i, e])), ha="center", va="center", color="w", fontsize=8)
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.046, label=cbar_label)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def routing_heatmap(frac: torch.Tensor, domains: list[str], out_dir: str, step: int,
                     experts: Optional[Sequence[Optional[int]]] = None, path: Optional[Path] = None,
                     title: Optional[str] = None) -> Path:
     """frac: (domains, experts) share of each domain's token slots per expert -> PNG path (default
     `<out_dir>/routing/heatmap_step<step>.png`). `experts[d]`, the expert mapped to domain d (or None), is
     outlined in its row."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     path = path or Path(out_dir) / "routing" / f"heatmap_step{step:07d}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * frac.shape[1], 1.0 + 0.5 * len(domains)))
-    im = ax.imshow(frac.numpy(), cmap="viridis", vmin=0.0, vmax=max(0.5, float(frac.max())))
-    ax.set_xticks(range(frac.shape[1]), [f"E{e}" for e in range(frac.shape[1])])
-    ax.set_yticks(range(len(domains)), domains)
-    ax.set_xlabel("routed expert")
-    ax.set_ylabel("domain (validation tokens)")
-    for d, e in enumerate(experts or []):
-        if e is not None:  # the domain's own expert
-            ax.add_patch(plt.Rectangle((e - 0.5, d - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
-    for i in range(frac.shape[0]):
-        for e in range(frac.shape[1]):
-            ax.text(e, i, f"{float(frac[i, e]):.2f}", ha="center", va="center", color="w", fontsize=8)
-    ax.set_title(title or f"share of each domain's tokens per expert (step {step})")
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return matrix_heatmap(frac, domains, experts, path, title or f"share of each domain's tokens per expert (step {step})",
+                          vmax=max(0.5, float(frac.max())), ylabel="domain (validation tokens)")
 
 
 def loss_curve(train: list[tuple[int, float]], val: dict[str, list[tuple[int, float]]], path: Path,

@@ -93,7 +93,7 @@ def test_bad_input_is_named_or_counted(tiny_ckpt, tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli([f"ckpt={tmp_path / 'notok.ckpt'}", f"data.local_root={root}"])
     assert "error: ckpt: " in capsys.readouterr().err
-    assert "error: data.local_root: required for task=lm" in error()
+    assert "error: data.local_root: task=lm reads one of data.local_root" in error()
     assert "error: context: 4096 must be in [2, 256]" in error(f"data.local_root={root}", "context=4096")
 
 
@@ -126,3 +126,36 @@ def test_gsm8k_task_end_to_end_on_hand_made_records(tiny_ckpt, tmp_path, capsys)
     lo, hi = report["ci95"]
     assert report["accuracy"] == sum(p["correct"] for p in preds) / 3 and lo <= report["accuracy"] <= hi
     assert "gsm8k 1-shot:" in capsys.readouterr().out
+
+
+def test_evaluate_reads_the_val_split_of_prepared_shards_and_lists_expert_vocabularies(tiny_ckpt, tmp_path, capsys):
+    """data.shards: the val tokens themselves are scored (the same loss as the text they came from), refused
+    when made with another tokenizer; the vocabulary view counts every routed slot once per layer."""
+    import numpy as np
+
+    from moe_lm.data.bpe import tokenizer_hash
+    from moe_lm.inference.checkpoint import load_model
+
+    model, tok, _ = load_model(str(tiny_ckpt), "cpu")
+    ids = tok.encode("the quick brown fox. Question: what is 2 plus 2? Answer: 4 #### 4").ids * 3
+    for name, h in (("math", tokenizer_hash(tok)), ("code", tokenizer_hash(tok))):
+        (tmp_path / "shards" / name).mkdir(parents=True)
+        np.array(ids, dtype=np.uint16).tofile(tmp_path / "shards" / name / "val.bin")
+        (tmp_path / "shards" / name / "meta.json").write_text(json.dumps(
+            {"dtype": "uint16", "tokenizer_hash": h, "documents": {"val": 3}, "tokens": {"val": len(ids)}}))
+    cli([f"ckpt={tiny_ckpt}", f"data.shards={tmp_path / 'shards'}", "context=32", "stride=32", "vocab_min_count=1",
+         f"out={tmp_path}/out"])
+    report = json.loads((tmp_path / "out" / "eval.json").read_text())
+    rows = {r["domain"]: r for r in report["domains"]}
+    assert rows["math"]["tokens"] == len(ids) - 1 and rows["math"]["bpb"] is None
+    assert rows["math"]["loss"] == pytest.approx(rows["code"]["loss"])  # the same tokens
+    vocab = report["routing"]["vocabulary"]
+    L, K = model.cfg.n_layers - model.cfg.first_k_dense, model.cfg.top_k
+    assert len(vocab) == model.cfg.n_routed_experts
+    assert sum(t["count"] for e in vocab for t in e) <= 2 * (len(ids) - 1) * L * K
+    assert "hit rate" in capsys.readouterr().out
+    (tmp_path / "shards" / "code" / "meta.json").write_text(json.dumps(
+        {"dtype": "uint16", "tokenizer_hash": "0" * 16, "documents": {"val": 3}}))
+    with pytest.raises(SystemExit):
+        cli([f"ckpt={tiny_ckpt}", f"data.shards={tmp_path / 'shards'}", f"out={tmp_path}/out"])
+    assert "error: data.shards: " in capsys.readouterr().err

@@ -45,3 +45,14 @@ def test_nmi_of_a_partial_dependence_is_between_zero_and_one():
     p = joint / joint.sum()
     mi = sum(float(p[i, j] * torch.log(p[i, j] / (p[i].sum() * p[:, j].sum()))) for i in range(2) for j in range(2))
     assert float(normalised_mutual_information(joint)) == pytest.approx(mi / math.log(2))
+
+
+def test_hit_rate_counts_the_tokens_whose_top_k_holds_their_expert():
+    """Top-2 over 5 experts: 10 math tokens, 6 of which put one slot on expert 0 (20 slots, 10 top-1 choices)."""
+    slots = [[6.0, 4.0, 4.0, 3.0, 3.0]] + [[4.0] * 5 for _ in range(5)]  # every other domain: uniform, 20 slots
+    top1 = [[5.0, 2.0, 1.0, 1.0, 1.0]] + [[2.0] * 5 for _ in range(5)]  # 10 tokens each
+    m = specialisation_metrics(table(slots), table(top1), DOMAINS, EXPERTS)
+    assert m["hit_rate/math"] == pytest.approx(0.6) and m["own_share/math"] == pytest.approx(0.3)
+    assert m["hit_rate/code"] == pytest.approx(0.4)  # uniform top-2 of 5: K / E
+    assert m["hit_rate"] == pytest.approx((0.6 + 4 * 0.4) / 5)
+    assert "hit_rate/web" not in m  # no expert

@@ -25,20 +25,43 @@ def test_every_arm_composes_to_its_setting():
     arms = {a: compose(["+experiment=specialisation_ablation", f"+arm={a}"]) for a in
             ("dense", "none", "round_robin", "guided")}
     assert arms["dense"].model.name == "dense_small" and arms["dense"].model.first_k_dense == arms["dense"].model.n_layers
-    assert {a: c.routing.warm_start for a, c in arms.items()} == {
-        "dense": "round_robin", "none": "none", "round_robin": "round_robin", "guided": "guided"}
+    assert {a: c.routing.arm for a, c in arms.items()} == {
+        "dense": "round_robin", "none": "none", "round_robin": "round_robin", "guided": "round_robin+guided"}
     assert len({(c.data.seq_len, c.data.batch_size, c.trainer.max_steps) for c in arms.values()}) == 1  # same tokens
+
+
+def test_every_warm_start_arm_composes_with_sigmoid_routing_and_equal_tokens():
+    names = ("dense_mixed", "none", "guided", "guided_mixed", "forced", "domain_mean", "window")
+    arms = {a: compose(["+experiment=warm_start_ablation", f"+arm={a}"]) for a in names}
+    assert {a: c.routing.arm for a, c in arms.items()} == {
+        "dense_mixed": "none", "none": "none", "guided": "round_robin+guided", "guided_mixed": "guided",
+        "forced": "forced", "domain_mean": "domain_mean", "window": "round_robin+guided+window"}
+    assert {c.model.scoring for c in arms.values()} == {"sigmoid"}
+    assert arms["dense_mixed"].model.first_k_dense == arms["dense_mixed"].model.n_layers
+    assert len({(c.data.seq_len, c.data.batch_size, c.trainer.max_steps, c.data.round_robin_steps)
+                for c in arms.values()}) == 1
 
 
 def test_two_arm_ablation_runs_and_reports(tmp_path, shared_data):
     rows = sweep_and_report(tmp_path, shared_data, "+experiment=specialisation_ablation", "+arm=dense,guided",
                             "data.round_robin_steps=2", "trainer.val_check_interval=2")
     sweep = tmp_path / "sweep"
-    assert set(rows) == {"arm", "dense", "guided"}
+    assert set(rows) == {"arm", "dense", "round_robin+guided"}
     assert rows["dense"].count(" - ") >= 4  # a dense model has no routing scores
-    assert "own share" in rows["arm"] and rows["guided"].count(" - ") == 0
-    assert (sweep / "val_loss_by_domain.png").stat().st_size > 1000 and (sweep / "own_share.png").stat().st_size > 1000
+    assert "hit rate" in rows["arm"] and rows["round_robin+guided"].count(" - ") == 0
+    assert (sweep / "val_loss_by_domain.png").stat().st_size > 1000 and (sweep / "hit_rate.png").stat().st_size > 1000
     assert len(list(sweep.glob("*/routing/step*.json"))) == 2  # the guided run, at steps 2 and 4
+    # the knockout of the MoE run, beside it, joins the report
+    from moe_lm.evaluate import cli as evaluate
+    from moe_lm.report import cli as report
+
+    moe_run = next(p.parent for p in sweep.glob("*/routing")).resolve()
+    evaluate([f"ckpt={moe_run}/checkpoints/final.ckpt", "task=knockout", f"data.shards={tmp_path}/shards",
+              "context=32", "data.max_tokens=200"])
+    assert (moe_run / "knockout" / "knockout_heatmap.png").stat().st_size > 1000
+    report([f"dir={sweep}"])
+    table = (sweep / "report.md").read_text()
+    assert "KO own/mean other (min)" in table or "domains with KO own >= 3x any other" in table
 
 
 def test_architecture_ablation_runs_and_reports(tmp_path, shared_data):

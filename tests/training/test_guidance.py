@@ -15,12 +15,12 @@ from moe_lm.training.routing_monitor import RoutingMonitor
 
 
 def test_coefficient_anneals_to_exactly_zero_at_the_end_of_the_warm_start():
-    lin = RoutingConfig(warm_start="guided", guided_coef=0.5, guided_anneal="linear")
+    lin = RoutingConfig(warm_routing="guided", guided_coef=0.5, guided_anneal="linear")
     assert [guided_coef(lin, s, 10) for s in (0, 5, 9, 10, 11, 1000)] == [0.5, 0.25, pytest.approx(0.05), 0, 0, 0]
-    cos = RoutingConfig(warm_start="guided", guided_coef=0.5, guided_anneal="cosine")
+    cos = RoutingConfig(warm_routing="guided", guided_coef=0.5, guided_anneal="cosine")
     assert guided_coef(cos, 0, 10) == 0.5 and guided_coef(cos, 5, 10) == pytest.approx(0.25)
     assert guided_coef(cos, 10, 10) == 0.0
-    assert guided_coef(RoutingConfig(warm_start="round_robin"), 0, 10) == 0.0  # only the guided mode has it
+    assert guided_coef(RoutingConfig(warm_routing="learned"), 0, 10) == 0.0  # only the guided mode has it
 
 
 def test_supervision_loss_is_the_cross_entropy_toward_each_domains_expert():
@@ -55,8 +55,8 @@ def _fit(shards, *extra, steps=40, ckpt_in=None, monitor=None):
 
 def test_guided_warm_start_routes_each_domain_to_its_expert(fake_shards):
     steps = ["data.round_robin_steps=40", "data.val_batches_per_domain=2"]
-    guided, _ = _fit(fake_shards, *steps, "routing.warm_start=guided", "routing.guided_coef=1.0", monitor=True)
-    control, _ = _fit(fake_shards, *steps, "routing.warm_start=round_robin", monitor=True)
+    guided, _ = _fit(fake_shards, *steps, "routing.warm_routing=guided", "routing.guided_coef=1.0", monitor=True)
+    control, _ = _fit(fake_shards, *steps, "routing.warm_routing=learned", monitor=True)
     g, c = float(guided.callback_metrics["spec/own_share"]), float(control.callback_metrics["spec/own_share"])
     # top-2 routing puts at most half of a token's slots on one expert: the share's ceiling is 0.5, uniform is 0.2
     assert g > 0.4 and c < 0.3, (g, c)
@@ -71,14 +71,14 @@ def test_the_term_is_absent_after_the_warm_start(fake_shards, monkeypatch):
     calls = []
     real = lit_module.router_supervision_loss
     monkeypatch.setattr(lit_module, "router_supervision_loss", lambda *a: (calls.append(1), real(*a))[1])
-    trainer, _ = _fit(fake_shards, "data.round_robin_steps=3", "routing.warm_start=guided",
+    trainer, _ = _fit(fake_shards, "data.round_robin_steps=3", "routing.warm_routing=guided",
                       "routing.guided_anneal=constant", steps=6)
     assert len(calls) == 3  # steps 0, 1, 2 of the warm start; nothing computed or added after it
     assert float(trainer.callback_metrics["train/guided_coef"]) == pytest.approx(0.1)
 
 
 def test_resume_in_the_middle_of_the_warm_start_continues_the_annealing_exactly(tmp_path, fake_shards):
-    args = ["data.round_robin_steps=6", "routing.warm_start=guided", "routing.guided_coef=0.5"]
+    args = ["data.round_robin_steps=6", "routing.warm_routing=guided", "routing.guided_coef=0.5"]
     torch.manual_seed(0)
     _, full = _fit(fake_shards, *args, steps=8)
     torch.manual_seed(0)
