@@ -354,12 +354,15 @@ class PrecisionConfig:
 
     @property
     def resolved(self) -> str:
-        """`auto`: bf16 where the GPU supports it (or on CPU), fp16 on GPUs without bf16 (e.g. Colab's T4)."""
+        """`auto`: bf16 on the CPU and on GPUs that run it natively (compute capability 8.0 and newer), fp16 on
+        older GPUs such as Colab's T4 (7.5), where torch.cuda.is_bf16_supported() counts emulated bf16 as
+        supported but runs it slowly."""
         if self.name != "auto":
             return self.name
         import torch
 
-        if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        if torch.cuda.is_available() and not (torch.cuda.get_device_capability() >= (8, 0)
+                                              and torch.cuda.is_bf16_supported(including_emulation=False)):
             return "fp16"
         return "bf16"
 

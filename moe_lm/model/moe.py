@@ -9,6 +9,7 @@ Names follow HF transformers' DeepseekV3MoE: `gate.weight` (E, D), `gate.e_score
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -45,7 +46,10 @@ class TopkRouter(nn.Module):
 
     def forward(self, x: torch.Tensor, forced: Optional[torch.Tensor] = None) -> RouterOutput:
         """x: (N, D). forced: optional (N,) expert that must hold one of each token's top-k slots (-1: none)."""
-        logits = F.linear(x.float(), self.weight.float())  # (N, E), fp32 routing
+        # (N, E). Under fp16 autocast the router leaves autocast: fp32 logits, so no overflow in the scores or the
+        # balance losses. Under bf16 autocast the matmul runs in bf16 (autocast casts it), as it always has here.
+        with torch.autocast(x.device.type, enabled=False) if compute_dtype(x) == torch.float16 else nullcontext():
+            logits = F.linear(x.float(), self.weight.float())
         scores = logits.softmax(-1) if self.scoring == "softmax" else logits.sigmoid()
         choice = scores + self.e_score_correction_bias if self.use_bias else scores
         if self.removed_experts is not None:

@@ -182,8 +182,16 @@ class MoELitModule(L.LightningModule):
         self.print(f"router biases equal in all {self.trainer.world_size} processes")
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        # fp16's grad scaler skips a step whose gradients are not finite (and lowers its scale): the router biases
+        # then stay too, and that step's expert loads are dropped
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        scale = scaler.get_scale() if scaler is not None else None
         super().optimizer_step(*args, **kwargs)
         layers = self.model.moe_layers()
+        if scaler is not None and scaler.get_scale() < scale:
+            for moe in layers:
+                moe.tokens_per_expert.zero_()
+            return
         if self.trainer.world_size > 1:
             for moe in layers:
                 torch.distributed.all_reduce(moe.tokens_per_expert)
