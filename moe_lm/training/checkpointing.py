@@ -66,6 +66,21 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise OSError(e.errno, f"could not write the checkpoint ({e.strerror or e}; {free:,.0f} MiB free on its "
                           f"disk); the previous {path.name}, if any, is intact", str(path)) from e
         os.replace(tmp, path)
+        sync_directory(path.parent)  # the rename itself reaches the disk (a mounted Drive: its FUSE layer)
+
+
+def sync_directory(path: Path) -> None:
+    """fsync a directory, where the filesystem allows it (some refuse: then the file's own fsync is all we have)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
     def load_checkpoint(self, path, map_location: Optional[Any] = None, weights_only: Optional[bool] = None) -> dict:
         return read_checkpoint(path, RESUME_KEY, map_location or "cpu")
