@@ -43,6 +43,20 @@ class _WriteErrors:
         self.f.flush()
 
 
+def sync_directory(path: Path) -> None:
+    """fsync a directory, where the filesystem allows it (some refuse: then the file's own fsync is all we have)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Write to `<name>.<pid>.tmp`, fsync, then rename: a crash or a full disk mid-write leaves the previous file
     intact, and two processes never write one temporary file."""
@@ -67,20 +81,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                           f"disk); the previous {path.name}, if any, is intact", str(path)) from e
         os.replace(tmp, path)
         sync_directory(path.parent)  # the rename itself reaches the disk (a mounted Drive: its FUSE layer)
-
-
-def sync_directory(path: Path) -> None:
-    """fsync a directory, where the filesystem allows it (some refuse: then the file's own fsync is all we have)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
     def load_checkpoint(self, path, map_location: Optional[Any] = None, weights_only: Optional[bool] = None) -> dict:
         return read_checkpoint(path, RESUME_KEY, map_location or "cpu")
