@@ -223,6 +223,9 @@ class DomainsDataConfig(DataConfig):
 
     source: str = "hub"  # hub (stream from the HF hub) | local (same schemas under local_root)
     local_root: str = ""
+    # source=hub: a directory holding copies of the hub repos (<dir>/<owner>/<name>, other refs at
+    # <dir>/<owner>/<name>@<revision>), streamed by the same `datasets` calls instead of the network; empty = the hub
+    hub_mirror: str = ""
     domains: Dict[str, DomainConfig] = field(default_factory=dict)
     token_budget_range: List[int] = field(default_factory=lambda: [5_000_000, 50_000_000])
     shards: str = "data/shards"  # written by moe_lm.prepare
