@@ -674,6 +674,7 @@ class PlanConfig:
     batch_size: int = 16
     seq_len: int = 1024
     gradient_checkpointing: bool = False
+    recipe: str = ""  # a conf/experiment/recipe_*.yaml: print its tokens, steps, memory and hours instead
 
     def __post_init__(self) -> None:
         from_flops = self.flops is not None

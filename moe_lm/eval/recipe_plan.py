@@ -1,0 +1,72 @@
+"""What a training recipe (a `conf/experiment/recipe_*.yaml`) costs: `python -m moe_lm.plan recipe=NAME`.
+
+Tokens per domain and in all (the train split: prepare.val_fraction is held out), tokens per optimizer step
+(micro-batch x seq_len x accumulation), steps and passes over the data, the training memory estimate of the
+micro-batch (moe_lm/eval/compute_plan.py's formula) against each GPU's memory, and the hours per GPU from the
+measured tokens/s of moe_100m below, or "not measured" (with a FLOP-count estimate at an assumed MFU beside it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from moe_lm.config import TrainConfig
+from moe_lm.eval.compute_plan import GPU_MFU, memory_gib
+from moe_lm.model.counting import DEVICE_MEMORY_GIB, PEAK_FLOPS, param_breakdown, train_flops_per_token
+
+# Training tokens/s of moe_100m measured on a GPU: (tokens/s, how it was measured). Only measurements go here.
+MEASURED_TOKENS_PER_S: dict[str, tuple[float, str]] = {
+    "H100": (150_398.0, "experiments/bench_train_step.py --device cuda --batch 8 --seq 1024 --compile, bf16, "
+                        "commit 9cf68a6, 2026-11-26 (docs/cuda_checks_h100/train_step.json); at micro-batch 8 x 1024"),
+}
+RECIPE_GPUS = ("T4", "A100", "H100")
+USABLE_FRACTION = 0.9  # of a GPU's memory: the CUDA context, the allocator's slack (a T4's 16 GB: 14.5 GiB)
+
+
+def recipe_plan(cfg: TrainConfig) -> dict[str, Any]:
+    import torch
+
+    from moe_lm.model.transformer import MoETransformer
+
+    d, t = cfg.data, cfg.trainer
+    budgets = {name: dom.token_budget for name, dom in d.domains.items()}
+    train_tokens = sum(budgets.values()) * (1 - cfg.prepare.val_fraction)
+    per_step = d.batch_size * d.seq_len * t.accumulate_grad_batches
+    with torch.device("meta"):
+        parts = param_breakdown(MoETransformer(cfg.model), cfg.model)
+    flops = train_flops_per_token(cfg.model, parts, d.seq_len) * per_step * t.max_steps
+    mem, logits = memory_gib(cfg.model, parts["total"], d.batch_size, d.seq_len, t.gradient_checkpointing)
+    if t.ce_chunk_size:
+        logits *= t.ce_chunk_size / (d.batch_size * d.seq_len)
+    gpus = {}
+    for gpu in RECIPE_GPUS:
+        measured = MEASURED_TOKENS_PER_S.get(gpu) if cfg.model.name == "moe_100m" else None
+        gpus[gpu] = {"memory_limit_gib": DEVICE_MEMORY_GIB[gpu] * USABLE_FRACTION,
+                     "hours": per_step * t.max_steps / measured[0] / 3600 if measured else None,
+                     "measured": measured[1] if measured else None,
+                     "estimate_hours": flops / (PEAK_FLOPS[gpu] * GPU_MFU) / 3600}
+    return {"budgets": budgets, "train_tokens": train_tokens, "tokens_per_step": per_step, "steps": t.max_steps,
+            "tokens": per_step * t.max_steps, "passes": per_step * t.max_steps / train_tokens, "memory_gib": mem,
+            "logits_gib": logits, "precision": cfg.precision.name, "compile": t.compile, "gpus": gpus,
+            "model": cfg.model.name, "active": parts["active_per_token"], "total": parts["total"]}
+
+
+def recipe_table(name: str, p: dict[str, Any]) -> str:
+    per = ", ".join(f"{k} {v / 1e6:g}M" for k, v in p["budgets"].items())
+    need = p["memory_gib"] + p["logits_gib"]
+    lines = [f"recipe {name}: {p['model']} ({p['active'] / 1e6:.1f}M active of {p['total'] / 1e6:.1f}M), "
+             f"{p['precision']}, compile {'on' if p['compile'] else 'off'}",
+             f"tokens per domain: {per}; train split {p['train_tokens'] / 1e6:.1f}M",
+             f"{p['steps']:,} steps of {p['tokens_per_step']:,} tokens = {p['tokens'] / 1e6:.1f}M tokens, "
+             f"{p['passes']:.2f} passes over the data",
+             f"training memory (estimate): {p['memory_gib']:.1f} GiB + {p['logits_gib']:.1f} GiB logits", "",
+             "| GPU | fits (usable GiB) | hours (measured tokens/s) | hours (estimate: FLOPs at "
+             f"{GPU_MFU:.0%} MFU) |", "|---|---|---:|---:|"]
+    for gpu, g in p["gpus"].items():
+        fits = f"{'yes' if need <= g['memory_limit_gib'] else 'NO'} ({g['memory_limit_gib']:.1f})"
+        hours = f"{g['hours']:.2f}" if g["hours"] is not None else "not measured"
+        lines.append(f"| {gpu} | {fits} | {hours} | {g['estimate_hours']:.2f} |")
+    notes = [f"{gpu}: {g['measured']}" for gpu, g in p["gpus"].items() if g["measured"]]
+    if notes:
+        lines += ["", "measured: " + "; ".join(notes)]
+    return "\n".join(lines)
