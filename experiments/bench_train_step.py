@@ -1,13 +1,14 @@
 """Train-step time: moe_100m against a dense model with the same active parameters per token, eager and compiled.
 
     python experiments/bench_train_step.py [--batch 8] [--seq 256] [--reps 5] [--compile] [--chunked 256,1024]
-        [--json PATH]
+        [--fp16] [--json PATH]
 
 Full optimizer steps (forward, fused LM head + cross-entropy, backward, clip, fused AdamW, router-bias step) on
 random tokens, every model in this process, timed in interleaved rounds (moe, dense, moe, dense, ...). Prints
 median and spread per model, tokens/s and MFU (against the device peak, moe_lm.training.callbacks), and the
 ratios the performance goals are stated in. --chunked adds eager moe_100m with the cross-entropy taken in chunks of
-that many tokens (trainer.ce_chunk_size), to weigh a default for it.
+that many tokens (trainer.ce_chunk_size), to weigh a default for it. --fp16: fp16 autocast with a grad scaler
+and the unfused AdamW (the T4 recipe's path). On CUDA each case's peak memory is measured on one more step.
 """
 
 from __future__ import annotations
@@ -33,20 +34,25 @@ def make_step(preset: str, args, device: torch.device, compiled: bool = False, m
     model = MoETransformer(cfg).to(device)
     if compiled:
         model.compile()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    fp16 = args.precision == "fp16"  # with a grad scaler and the unfused AdamW, as training runs it
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=not fp16)
+    scaler = torch.amp.GradScaler(device.type, enabled=fp16)
     x = torch.randint(0, cfg.vocab_size, (args.batch, args.seq + 1), device=device)
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
+    amp = torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
     chunk = args.ce_chunk_size if ce_chunk_size is None else ce_chunk_size
 
     def step() -> None:  # the named ranges label experiments/profile_train_step.py's table
         with amp:
             out = model(x[:, :-1], targets=x[:, 1:], ce_chunk_size=chunk)
             loss = out.ce_sum / x[:, 1:].numel() + 0.01 * out.aux_loss
-        loss.backward()
+        scaler.scale(loss).backward()
         with record_function("grad clip"):
+            scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         with record_function("optimizer (fused AdamW)"):
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             opt.zero_grad(set_to_none=True)
         with record_function("router bias update"):
             model.update_router_biases()
@@ -66,7 +72,10 @@ def main() -> None:
     ap.add_argument("--ce-chunk-size", type=int, default=0, help="every case's trainer.ce_chunk_size")
     ap.add_argument("--chunked", default="", help="also time eager moe_100m with these ce_chunk_size values, e.g. 256")
     ap.add_argument("--peak-flops", type=float, default=None, help="device peak FLOP/s for MFU")
+    ap.add_argument("--fp16", action="store_true", help="fp16 autocast with a grad scaler (a T4's path), not bf16")
     args = ap.parse_args()
+    if args.fp16:
+        args.precision = "fp16"
     device = torch.device(args.device)
     cases, info = {}, {}
     for name, preset, compiled, impl, chunk in \
@@ -84,11 +93,16 @@ def main() -> None:
     print(table(summary, "dense_100m"))
     print("\n| model | total params | active params | tokens/s | MFU |\n|---|---:|---:|---:|---:|")
     for name, s in summary.items():
+        if device.type == "cuda":  # one more step of this case alone: its peak memory
+            torch.cuda.reset_peak_memory_stats(device)
+            cases[name]()
+            torch.cuda.synchronize(device)
+            s["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
         s["tok_s"] = args.batch * args.seq / s["median_s"]
         s["mfu"] = s["tok_s"] * info[name]["flops_per_token"] / peak
         s.update(info[name])
         print(f"| {name} | {s['total'] / 1e6:.1f}M | {s['active'] / 1e6:.1f}M | {s['tok_s']:,.0f} | "
-              f"{100 * s['mfu']:.2f}% |")
+              f"{100 * s['mfu']:.2f}% |" + (f" peak {s['peak_gib']:.2f} GiB" if "peak_gib" in s else ""))
     goals = {"moe_over_dense": summary["moe_100m"]["ratio"]}
     if args.compile:
         goals["eager_over_compiled_moe"] = summary["moe_100m"]["median_s"] / summary["moe_100m compiled"]["median_s"]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The CUDA checks of the README's "On a GPU" section, in one pass (a lent GPU's time is short):
 #   OUT=/some/dir bash experiments/cuda_checks.sh [STEP ...]
-# With step names (env tests decode_tests moe_block train_step train_chunks demo generate flash memory), only those
+# With step names (env tests decode_tests moe_block train_step train_chunks demo generate flash memory recipes
+# dispatch precision_tests), only those
 # run, in this file's order; with none, all of them.
 # Each step has its own time limit, so a slow one cannot starve the rest; everything is logged to $OUT/log.txt
 # and each benchmark writes its JSON beside it. Needs a CUDA GPU and the project's dependencies importable.
@@ -44,5 +45,16 @@ step 150 demo $PY -m moe_lm.train +experiment=overfit_100_lines out_dir=/tmp/cud
 step 200 generate $PY experiments/bench_generate.py --device cuda --new 256 --warmup 1 --json "$OUT/generate.json"
 step 40 flash $PY experiments/cuda_attention_check.py
 step 45 memory $PY experiments/bench_memory.py --device cuda --json "$OUT/memory.json"
+# the recipes' micro-batches (recipe_h100 32, recipe_a100 16, recipe_t4 8 x 1024 in fp16 with the grad scaler),
+# eager and compiled: tokens/s, MFU, peak memory, MoE / dense (moe_lm/eval/recipe_plan.py's measured table)
+step 200 recipes bash -c "$PY experiments/bench_train_step.py --device cuda --batch 32 --seq 1024 --compile \
+    --json $OUT/recipe_h100.json && $PY experiments/bench_train_step.py --device cuda --batch 16 --seq 1024 \
+    --compile --json $OUT/recipe_a100.json && $PY experiments/bench_train_step.py --device cuda --batch 8 --seq 1024 \
+    --fp16 --json $OUT/recipe_t4_fp16.json"
+# every dispatch path of the MoE block in bf16 and fp32 (model.moe_impl=auto's table per compute capability)
+step 90 dispatch bash -c "$PY experiments/bench_moe_block.py --device cuda --tokens 16384 --reps 10 \
+    --json $OUT/dispatch_bf16.json"
+# fp16 on the GPU: router in fp32, the scaler's skipped step leaves the router biases alone, auto precision
+step 60 precision_tests $PY -m pytest -q -p no:cacheprovider tests/training/test_precision.py
 [[ -d /tmp/cuda_demo ]] && ls /tmp/cuda_demo | tee -a "$OUT/log.txt"
 log done
