@@ -60,6 +60,23 @@ def ablation_table(runs: list[dict]) -> str:
         cells += [cell(rs, k, ".2f") for k in ko]
         cells.append(cell(rs, "step_time_s", ".2f"))
         rows.append(f"| {arm} | {len(rs)} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + knockout_table(runs)
+
+
+def knockout_table(runs: list[dict]) -> str:
+    """Per arm and expert domain: the loss rise when its own expert is removed over the mean rise when another
+    routed expert is removed (`python -m moe_lm.evaluate task=knockout`); empty when no run has a knockout."""
+    keys = sorted({k for r in runs for k in r if k.startswith("knockout/ratio/")})
+    if not keys:
+        return ""
+    names = [k.removeprefix("knockout/ratio/") for k in keys]
+    rows = ["", "", "knockout: loss rise when a domain's own expert is removed / mean rise when another routed expert "
+            "is removed (1 = no specialisation)", "",
+            "| arm | runs | " + " | ".join(names) + " |", "|---|---:|" + "---:|" * len(names)]
+    for arm, rs in by_arm(runs).items():
+        have = [r for r in rs if any(k in r for k in keys)]
+        if have:
+            rows.append(f"| {arm} | {len(have)} | " + " | ".join(cell(have, k, ".2f") for k in keys) + " |")
     return "\n".join(rows)
 
 

@@ -88,7 +88,9 @@ def test_loss_curve_covers_the_whole_run_across_a_resume_with_val_per_domain(tmp
     assert [s for s, _ in val["val/loss/math"]] == [2, 4]
 
 
-EXPERIMENTS = sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml"))
+# The recipes (recipe_*.yaml) stream the hub into moe_100m on a GPU: tests/eval/test_recipe_plan.py composes each
+# and checks its memory against its GPU; here every other experiment runs one step.
+EXPERIMENTS = sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml") if not p.stem.startswith("recipe_"))
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

@@ -129,7 +129,7 @@ def test_domain_mean_rows_point_at_what_sets_each_domain_apart(tiny_cfg):
             torch.testing.assert_close(moe.gate.weight[e].double(), (centred[d] / centred[d].norm() * norm).double(),
                                        rtol=1e-5, atol=1e-6)
     # each domain's mean input scores highest on its own expert among the initialised rows
-    logits = torch.einsum("ldc,ec->lde", means.float(), torch.stack([m.gate.weight for m in model.moe_layers()])[:, [0, 3]])
+    logits = torch.einsum("ldc,lec->lde", means.float(), torch.stack([m.gate.weight for m in model.moe_layers()])[:, [0, 3]])
     assert torch.equal(logits[:, :2].argmax(-1), torch.tensor([[0, 1]] * logits.shape[0]))
 
 
