@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 from statistics import mean
 
-ARMS = ("dense", "none", "round_robin", "round_robin+guided", "guided", "forced", "domain_mean",
-        "round_robin+guided+window")
+ARMS = ("dense", "none", "round_robin", "round_robin+guided", "round_robin+guided+window", "guided", "forced",
+        "domain_mean", "guided+domain_mean", "forced+domain_mean")
 
 
 def arm_of(run: dict) -> str:

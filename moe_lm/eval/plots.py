@@ -31,7 +31,9 @@ def matrix_heatmap(values: torch.Tensor, rows: list[str], experts: Optional[Sequ
             ax.add_patch(plt.Rectangle((e - 0.5, d - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
     for i in range(values.shape[0]):
         for e in range(values.shape[1]):
-            ax.text(e, i, fmt.format(float(values[i, e])), ha="center", va="center", color="w", fontsize=8)
+            bright = (float(values[i, e]) - vmin) / max(vmax - vmin, 1e-12) > 0.6  # dark text on light cells
+            ax.text(e, i, fmt.format(float(values[i, e])), ha="center", va="center", color="k" if bright else "w",
+                    fontsize=8)
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046, label=cbar_label)
     fig.tight_layout()
