@@ -1,7 +1,8 @@
 """Which tokens does each routed expert get? Per expert, the tokens most over-represented in its routing
 relative to their base rate (OLMoE's routing analysis): lift(t, e) = P(t | a slot of expert e) / P(t), from slot
-counts summed over the MoE layers. Lift 1: the expert sees the token as often as the text holds it; 5 (with
-5 experts): the token goes nowhere else.
+counts summed over the MoE layers. Lift 1: the expert sees the token as often as the text holds it. A token
+holds K distinct experts per layer, so the ceiling is 1 / (K x the expert's share of all slots): a token that
+has this expert among its top-k in every layer; with 5 equally loaded experts and top-2, 2.5.
 """
 
 from __future__ import annotations
