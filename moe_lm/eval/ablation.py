@@ -116,7 +116,7 @@ def ablation_plots(runs: list[dict], sweep: Path) -> list[Path]:
     import numpy as np
 
     groups, domains = by_arm(runs), domains_of(runs)
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = plt.subplots(figsize=(10, 4))
     width = 0.8 / len(groups)
     for i, (arm, rs) in enumerate(groups.items()):
         vals = [spread([r[f"val/loss/{d}"] for r in rs if f"val/loss/{d}" in r]) for d in domains]
@@ -126,12 +126,12 @@ def ablation_plots(runs: list[dict], sweep: Path) -> list[Path]:
     ax.set_title("validation loss per domain, per arm (mean over seeds, bars: half range)")
     lo = min(r[f"val/loss/{d}"] for r in runs for d in domains if f"val/loss/{d}" in r)
     ax.set_ylim(bottom=max(0.0, lo - 0.5))
-    ax.legend()
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, never over them
     fig.tight_layout()
     loss_png = sweep / "val_loss_by_domain.png"
     fig.savefig(loss_png, dpi=120)
     plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(8.5, 4))
     for arm, rs in groups.items():
         curves = [dict(spec_history(sweep / r["run"])) for r in rs]
         steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
@@ -142,7 +142,7 @@ def ablation_plots(runs: list[dict], sweep: Path) -> list[Path]:
     ax.set_ylabel("own-expert hit rate (validation)")
     ax.set_title("do the experts keep their domains?")
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     share_png = sweep / "hit_rate.png"
     fig.savefig(share_png, dpi=120)
