@@ -24,7 +24,9 @@ from bench_train_step import make_step
 from benchlib import device_name, write_json
 from moe_lm.model.attention import GroupedQueryAttention, MultiHeadLatentAttention
 from moe_lm.model.layers import FeedForward, RMSNorm
-from moe_lm.model.moe import MoE, RoutedExperts, TopkRouter
+from moe_lm.model.experts import RoutedExperts
+from moe_lm.model.moe import MoE
+from moe_lm.model.router import TopkRouter
 
 BACKWARD = "autograd::engine::evaluate_function: "
 

@@ -1,7 +1,7 @@
 """What every command shares: one argument style, one error handler, `--help`.
 
 Every command takes Hydra overrides (`key=value`, `group=option`, `+experiment=NAME`) composed against the
-YAML files in `conf/` and validated by the schemas in `moe_lm/config.py`. Bad input (an unknown key, an
+YAML files in `conf/` and validated by the schemas in `moe_lm/config/`. Bad input (an unknown key, an
 impossible value, a missing or unreadable file, a full disk) ends in one line on stderr, `error: <key or path>:
 <what is wrong>`, and exit status 2, no traceback; a training run that diverges exits 1 the same way.
 `--debug` (or MOE_LM_DEBUG=1) shows the traceback instead.

@@ -1,6 +1,6 @@
 """Train: `python -m moe_lm.train [+experiment=NAME] [overrides]` (Hydra; add -m for sweeps, --cfg job to see all).
 
-Composes conf/config.yaml, validates it (moe_lm/config.py) before any work, and runs moe_lm/training/run.py.
+Composes conf/config.yaml, validates it (moe_lm/config/) before any work, and runs moe_lm/training/run.py.
 """
 
 from __future__ import annotations

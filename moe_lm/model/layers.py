@@ -79,3 +79,9 @@ class FeedForward(nn.Module):
         if self.act_scale is not None:
             h = h * self.act_scale.to(h.dtype) + self.act_shift.to(h.dtype)
         return self.down_proj(self.act(h))
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype matmuls run in here: autocast's where it is on, else x's."""
+    kind = x.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype

@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from moe_lm.model.moe import MoE, load_balance_loss, router_z_loss
+from moe_lm.model.balance import load_balance_loss, router_z_loss
+from moe_lm.model.moe import MoE
 
 
 def naive_moe(moe: MoE, x: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,8 @@ import torch
 
 from moe_lm.model import MoETransformer
 from moe_lm.model.loss import IGNORE_INDEX
-from moe_lm.model.moe import MoE, expert_counts, traceable_grouped_mm
+from moe_lm.model.experts import expert_counts, traceable_grouped_mm
+from moe_lm.model.moe import MoE
 
 PATHS = ["grouped_mm", "bmm"]
 

@@ -7,7 +7,8 @@ import torch
 from moe_lm.model import MoETransformer
 from moe_lm.model.cache import KVCache
 from moe_lm.model.layers import rope_cos_sin
-from moe_lm.model.moe import MoE, load_balance_loss, sequence_balance_loss
+from moe_lm.model.balance import load_balance_loss, sequence_balance_loss
+from moe_lm.model.moe import MoE
 
 
 def _moe(make_model_cfg, **kw) -> MoE:

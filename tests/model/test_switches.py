@@ -13,7 +13,7 @@ from moe_lm.model.attention import _attend, window_mask
 from moe_lm.model.cache import KVCache
 from moe_lm.model.layers import FeedForward, rope_cos_sin
 from moe_lm.model.loss import IGNORE_INDEX, linear_cross_entropy
-from moe_lm.model.moe import RoutedExperts
+from moe_lm.model.experts import RoutedExperts
 
 
 # ---- activations -------------------------------------------------------------------------------------------

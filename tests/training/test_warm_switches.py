@@ -8,7 +8,7 @@ from moe_lm.cli import compose
 from moe_lm.config import ConfigError, RoutingConfig
 from moe_lm.data.mixture import BatchPlan
 from moe_lm.model import MoETransformer
-from moe_lm.model.moe import load_balance_loss
+from moe_lm.model.balance import load_balance_loss
 from moe_lm.training.router_init import domain_mean_router_inputs, init_router_from_domains
 
 from tests.training.test_guidance import _fit
