@@ -98,7 +98,7 @@ def main() -> None:
         run()
     steps = args.new - 1  # the prompt's forward, then one step per new token but the last
     rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:12]
-    print(f"| operator (self time) | ms per step | calls per step |\n|---|---:|---:|")
+    print("| operator (self time) | ms per step | calls per step |\n|---|---:|---:|")
     for e in rows:
         print(f"| {e.key[:60]} | {e.self_cpu_time_total / 1e3 / steps:.2f} | {e.count / steps:.1f} |")
 

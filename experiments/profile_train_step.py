@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import collections
 import functools
-import json
 
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function

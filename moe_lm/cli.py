@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from moe_lm.config import ConfigError, DomainsDataConfig, TrainConfig, register_configs
 from moe_lm.errors import NonFiniteError
-from moe_lm.inference.checkpoint import CheckpointError
+from moe_lm.errors import CheckpointError
 
 DEBUG_VAR = "MOE_LM_DEBUG"
 # The primary config (conf/<name>.yaml) each command composes.

@@ -7,3 +7,7 @@ Bad input raises `moe_lm.config.ConfigError` (or `CheckpointError`, `OSError`) n
 
 class NonFiniteError(RuntimeError):
     """The loss or gradient norm stopped being finite: training stops before the weights are touched."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the setting that pointed at it and says why."""

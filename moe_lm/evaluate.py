@@ -135,7 +135,8 @@ def gsm8k_task(cfg: EvaluateConfig, model, tok, out: Path) -> dict[str, Any]:
 
 
 def main(cfg: EvaluateConfig) -> None:
-    from moe_lm.inference.checkpoint import CheckpointError, load_model
+    from moe_lm.errors import CheckpointError
+    from moe_lm.io.checkpoint import load_model
 
     model, tok, _ = load_model(cfg.ckpt, cfg.device)
     if tok is None:

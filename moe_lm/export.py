@@ -1,7 +1,7 @@
 """Export a checkpoint as a HF transformers model directory: `python -m moe_lm.export ckpt=PATH out=DIR`.
 
 DIR then loads with `AutoModelForCausalLM.from_pretrained(DIR)` and `AutoTokenizer.from_pretrained(DIR)`
-(DeepseekV3 for sigmoid routing, DeepseekV2 for softmax; moe_lm/inference/hf_dir.py), and moe_lm reads it back
+(DeepseekV3 for sigmoid routing, DeepseekV2 for softmax; moe_lm/io/hf_dir.py), and moe_lm reads it back
 (`ckpt=DIR` in generate/evaluate/inspect, `init_from=hf:DIR` in train). A config the HF class cannot compute
 exactly is refused, naming the key; nothing is written unless all of it is.
 """
@@ -17,7 +17,7 @@ EXAMPLE = "python -m moe_lm.export ckpt=runs/overfit_100_lines/checkpoints/final
 
 
 def main(cfg: ExportConfig) -> None:
-    from moe_lm.inference.hf_dir import export_checkpoint
+    from moe_lm.io.export import export_checkpoint
 
     files = export_checkpoint(cfg.ckpt, cfg.out, cfg.dtype, cfg.max_shard_mb)
     print(f"wrote {cfg.out}: {', '.join(files)}")

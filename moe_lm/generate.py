@@ -24,7 +24,8 @@ EXAMPLE = ('python -m moe_lm.generate ckpt=runs/overfit_100_lines/checkpoints/fi
 
 def main(cfg: GenerateConfig) -> None:
     from moe_lm.data.bpe import EOT, chat_text, has_chat_tokens
-    from moe_lm.inference.checkpoint import CheckpointError, load_model
+    from moe_lm.errors import CheckpointError
+    from moe_lm.io.checkpoint import load_model
     from moe_lm.inference.decode import column_major_weights, stream_text
 
     model, tok, _ = load_model(cfg.ckpt, cfg.device)

@@ -18,7 +18,8 @@ EXAMPLE = 'python -m moe_lm.inspect ckpt=runs/overfit_100_lines/checkpoints/fina
 
 
 def main(cfg: InspectConfig) -> None:
-    from moe_lm.inference.checkpoint import CheckpointError, load_model
+    from moe_lm.errors import CheckpointError
+    from moe_lm.io.checkpoint import load_model
     from moe_lm.inference.logit_lens import report
 
     model, tok, _ = load_model(cfg.ckpt)

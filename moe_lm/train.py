@@ -14,7 +14,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from moe_lm.cli import conf_dir, debug_requested, reported_errors, validate
-from moe_lm.config import register_configs
+from moe_lm.config import DomainsDataConfig, register_configs
 
 register_configs()
 
@@ -29,7 +29,10 @@ def main(dcfg: DictConfig) -> float | None:
         if hc.mode == RunMode.MULTIRUN:  # a multirun sweep is one wandb group, each run named by its overrides
             cfg.logger.group = cfg.logger.group or Path(hc.sweep.dir).name
             cfg.logger.name = cfg.logger.name or hc.job.override_dirname or str(hc.job.num)
-        result = train(cfg, cfg.out_dir or hc.runtime.output_dir, hc.runtime.choices.get("experiment") or "")
+        # held-out text with the lines data: the domains' file formats come from conf/data/domains.yaml
+        domains = (validate(hydra.compose("config", ["data=domains"])).data if cfg.eval.heldout_root and
+                   not isinstance(cfg.data, DomainsDataConfig) else None)
+        result = train(cfg, cfg.out_dir or hc.runtime.output_dir, hc.runtime.choices.get("experiment") or "", domains)
     return result.get("final_train_loss")
 
 

@@ -136,7 +136,7 @@ class InspectConfig:
 
 @dataclass
 class ExportConfig:
-    """`python -m moe_lm.export`: conf/export.yaml (moe_lm/inference/hf_dir.py)."""
+    """`python -m moe_lm.export`: conf/export.yaml (moe_lm/io/hf_dir.py)."""
 
     ckpt: str = ""
     out: str = ""

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from moe_lm.config import ConfigError, DomainsDataConfig
-from moe_lm.inference.checkpoint import CheckpointError
+from moe_lm.errors import CheckpointError
 from moe_lm.data.mixture import BatchPlan
 
 

@@ -131,11 +131,11 @@ class HeldoutEval(L.Callback):
     """At every validation, the held-out text of `eval.heldout_root` scored per domain like `moe_lm.evaluate`
     (windows of data.seq_len tokens, half a window apart): `heldout/<domain>/loss` and `heldout/<domain>/bpb`."""
 
-    def __init__(self, root: str, max_documents: int, context: int, tok) -> None:
-        from moe_lm.cli import compose
+    def __init__(self, registry, root: str, max_documents: int, context: int, tok) -> None:
+        """registry: the DomainsDataConfig that says how each domain's files are read."""
         from moe_lm.eval.heldout import domain_documents, token_stream
 
-        docs = domain_documents(compose(["data=domains"]).data, Path(root), [], max_documents)
+        docs = domain_documents(registry, Path(root), [], max_documents)
         self.streams = {n: (token_stream(tok, d["documents"]), sum(len(x.encode("utf-8")) for x in d["documents"]))
                         for n, d in docs.items()}
         self.context = context

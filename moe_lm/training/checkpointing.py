@@ -1,7 +1,7 @@
 """Checkpoints that are never lost: atomic writes, save on SIGTERM/SIGINT, RNG and wandb run id carried across a
 resume, `checkpoint.resume=auto|PATH`, and a resume check that refuses another architecture by name.
 
-Reading goes through the one loader, moe_lm/inference/checkpoint.py (weights_only=True).
+Reading goes through the one loader, moe_lm/io/checkpoint.py (weights_only=True).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
 
 from moe_lm.config import ModelConfig
-from moe_lm.inference.checkpoint import CheckpointError, model_config_from, read_checkpoint
+from moe_lm.errors import CheckpointError
+from moe_lm.io.checkpoint import model_config_from, read_checkpoint
 
 RESUME_KEY = "checkpoint.resume"
 

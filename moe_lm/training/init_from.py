@@ -41,7 +41,7 @@ def resolve_init(cfg: TrainConfig) -> tuple[TrainConfig, Tokenizer | None]:
         src_cfg, _, tok_json = read_source(path)
         check_compatible(src_cfg, cfg.model)
         return cfg, Tokenizer.from_str(tok_json) if tok_json else None
-    from moe_lm.inference.hf_dir import hf_model_config
+    from moe_lm.io.hf_dir import hf_model_config
 
     path = source_dir(cfg)
     model = hf_model_config(path, cfg.model)
@@ -54,7 +54,7 @@ def resolve_init(cfg: TrainConfig) -> tuple[TrainConfig, Tokenizer | None]:
 
 
 def load_init_weights(model: MoETransformer, cfg: TrainConfig) -> None:
-    from moe_lm.inference.hf_dir import load_hf_weights
+    from moe_lm.io.hf_dir import load_hf_weights
 
     path = _checkpoint_path(cfg)
     if path is not None:

@@ -58,7 +58,7 @@ def build_loggers(cfg: TrainConfig, out_dir: Path, resume_from: Optional[str] = 
     """CSV and/or wandb; on resume, CSV continues from the checkpoint's step and wandb continues the same run."""
     from lightning.pytorch.loggers import WandbLogger
 
-    from moe_lm.inference.checkpoint import read_checkpoint
+    from moe_lm.io.checkpoint import read_checkpoint
 
     ckpt = read_checkpoint(resume_from, "checkpoint.resume") if resume_from else {}
     loggers: list = []

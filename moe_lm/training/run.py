@@ -22,7 +22,7 @@ import lightning as L
 import torch
 from tokenizers import Tokenizer
 
-from moe_lm.config import TrainConfig
+from moe_lm.config import ConfigError, DomainsDataConfig, TrainConfig
 from moe_lm.data.files import DirectoryLock, write_json_atomic
 from moe_lm.data.pipelines import build_data
 from moe_lm.model.counting import param_breakdown, train_flops_per_token
@@ -44,8 +44,8 @@ def run_title(cfg: TrainConfig, experiment: str = "") -> str:
     return f"{experiment + ': ' if experiment else ''}{cfg.model.name} on {cfg.data.describe()}"
 
 
-def build_callbacks(cfg: TrainConfig, out_dir: Path, module: MoELitModule, tok,
-                    experiment: str = "") -> list[L.Callback]:
+def build_callbacks(cfg: TrainConfig, out_dir: Path, module: MoELitModule, tok, experiment: str = "",
+                    heldout_domains: DomainsDataConfig | None = None) -> list[L.Callback]:
     ck, ckdir = cfg.checkpoint, checkpoint_dir(cfg, out_dir)
     flops = train_flops_per_token(cfg.model, param_breakdown(module.model, cfg.model), cfg.data.seq_len)
     callbacks: list[L.Callback] = [
@@ -58,7 +58,12 @@ def build_callbacks(cfg: TrainConfig, out_dir: Path, module: MoELitModule, tok,
     if tok is not None:
         callbacks.append(FirstBatchPrinter(tok))
     if cfg.eval.heldout_root and tok is not None:
-        callbacks.append(HeldoutEval(cfg.eval.heldout_root, cfg.eval.heldout_max_documents, cfg.data.seq_len, tok))
+        registry = cfg.data if isinstance(cfg.data, DomainsDataConfig) else heldout_domains
+        if registry is None:
+            raise ConfigError("eval.heldout_root: the domains' file formats are needed (data=domains, or the caller "
+                              "passes them)")
+        callbacks.append(HeldoutEval(registry, cfg.eval.heldout_root, cfg.eval.heldout_max_documents, cfg.data.seq_len,
+                                     tok))
     if ck.every_n_steps:
         callbacks.append(StepCheckpoint(dirpath=str(ckdir), filename="step{step:07d}", auto_insert_metric_name=False,
                                         every_n_train_steps=ck.every_n_steps, save_top_k=-1, save_last=True))
@@ -131,8 +136,10 @@ def launching_process() -> bool:
     return all(os.environ.get(var, "0") == "0" for var in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID"))
 
 
-def train(cfg: TrainConfig, out_dir: str | Path, experiment: str = "") -> dict[str, Any]:
-    """Train under a lock on the run directory (and on checkpoint.dir): a second run there fails at once."""
+def train(cfg: TrainConfig, out_dir: str | Path, experiment: str = "",
+          heldout_domains: DomainsDataConfig | None = None) -> dict[str, Any]:
+    """Train under a lock on the run directory (and on checkpoint.dir): a second run there fails at once.
+    heldout_domains: how each domain's files are read, for eval.heldout_root when the data is not data=domains."""
     cfg, init_tok = resolve_init(cfg)  # a bad init_from fails before anything is written
     out, ckdir = Path(out_dir), checkpoint_dir(cfg, Path(out_dir))
     out.mkdir(parents=True, exist_ok=True)
@@ -141,11 +148,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, experiment: str = "") -> dict[s
             locks.enter_context(DirectoryLock(out, "out_dir", "training run"))
             if not ckdir.resolve().is_relative_to(out.resolve()):
                 locks.enter_context(DirectoryLock(ckdir, "checkpoint.dir", "training run"))
-        return fit(cfg, out, resolve_resume(cfg.checkpoint.resume, ckdir), experiment, init_tok)
+        return fit(cfg, out, resolve_resume(cfg.checkpoint.resume, ckdir), experiment, init_tok, heldout_domains)
 
 
 def fit(cfg: TrainConfig, out: Path, ckpt_path: str | None, experiment: str = "",
-        init_tok: Tokenizer | None = None) -> dict[str, Any]:
+        init_tok: Tokenizer | None = None, heldout_domains: DomainsDataConfig | None = None) -> dict[str, Any]:
     """`init_tok`: the tokenizer of init_from's directory (resolve_init), which the data must use."""
     quiet_known_warnings()
     L.seed_everything(cfg.seed, workers=True)
@@ -157,7 +164,7 @@ def fit(cfg: TrainConfig, out: Path, ckpt_path: str | None, experiment: str = ""
         load_init_weights(module.model, cfg)
     if cfg.trainer.compile:
         module.model.compile()
-    callbacks = build_callbacks(cfg, out, module, tok, experiment)
+    callbacks = build_callbacks(cfg, out, module, tok, experiment, heldout_domains)
     trainer = build_trainer(cfg, out, callbacks, ckpt_path)
     record_config(trainer, cfg, out)
     if ckpt_path:

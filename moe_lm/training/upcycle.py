@@ -94,7 +94,7 @@ def exact_upcycle(src_cfg: ModelConfig, cfg: ModelConfig) -> list[str]:
 
 def read_source(path: str, key: str = "init_from") -> tuple[ModelConfig, dict[str, torch.Tensor], str | None]:
     """(the checkpoint's model config, its model weights by model-relative name, its tokenizer JSON or None)."""
-    from moe_lm.inference.checkpoint import load_checkpoint, model_config_from
+    from moe_lm.io.checkpoint import load_checkpoint, model_config_from
 
     ckpt = load_checkpoint(path, key)
     weights = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}

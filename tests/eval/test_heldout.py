@@ -134,7 +134,7 @@ def test_evaluate_reads_the_val_split_of_prepared_shards_and_lists_expert_vocabu
     import numpy as np
 
     from moe_lm.data.bpe import tokenizer_hash
-    from moe_lm.inference.checkpoint import load_model
+    from moe_lm.io.checkpoint import load_model
 
     model, tok, _ = load_model(str(tiny_ckpt), "cpu")
     ids = tok.encode("the quick brown fox. Question: what is 2 plus 2? Answer: 4 #### 4").ids * 3

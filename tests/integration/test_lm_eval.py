@@ -21,7 +21,7 @@ def test_simple_evaluate_on_an_exported_model_matches_our_bits_per_byte(tmp_path
 
     from moe_lm.data.bpe import SPECIAL_TOKENS, train_bpe
     from moe_lm.data.formatters import ROLE_TOKENS
-    from moe_lm.inference.hf_dir import write_hf_dir
+    from moe_lm.io.hf_dir import write_hf_dir
     from tests.conftest import tiny_model_config
     from tests.inference.test_hf_export import LINES, briefly_trained
 

@@ -21,7 +21,7 @@ def received(monkeypatch):
     def text(ids):
         return tok.decode([i for i in ids if i != eot], skip_special_tokens=False)
 
-    monkeypatch.setattr("moe_lm.inference.checkpoint.load_model", lambda *a: (object(), tok, None))
+    monkeypatch.setattr("moe_lm.io.checkpoint.load_model", lambda *a: (object(), tok, None))
     monkeypatch.setattr("moe_lm.inference.decode.stream_text", lambda m, t, ids, *a: got.append(text(ids)) or "")
     monkeypatch.setattr("moe_lm.inference.decode.column_major_weights", lambda m: m)
     monkeypatch.setattr("moe_lm.inference.logit_lens.report", lambda m, t, prompt, top: got.append(prompt) or "")

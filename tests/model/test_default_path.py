@@ -9,7 +9,6 @@ machine of the recording's fingerprint (torch version, ISA) and within 1e-6 else
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors import safe_open
 

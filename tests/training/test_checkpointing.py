@@ -6,7 +6,8 @@ import torch
 
 from moe_lm.cli import compose
 from moe_lm.data.shards import DomainDataModule
-from moe_lm.inference.checkpoint import CheckpointError, load_model
+from moe_lm.errors import CheckpointError
+from moe_lm.io.checkpoint import load_model
 from moe_lm.training.callbacks import LossCurve
 from moe_lm.training.checkpointing import AtomicCheckpointIO, RunState, resolve_resume
 from moe_lm.training.lit_module import MoELitModule

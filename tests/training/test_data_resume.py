@@ -7,7 +7,7 @@ import torch
 
 from moe_lm.cli import compose
 from moe_lm.data.shards import DomainDataModule
-from moe_lm.inference.checkpoint import CheckpointError
+from moe_lm.errors import CheckpointError
 from moe_lm.training.lit_module import MoELitModule
 from moe_lm.training.routing_monitor import RoutingMonitor
 

@@ -13,7 +13,7 @@ from moe_lm.config import ConfigError
 from moe_lm.data.files import DirectoryLock
 from moe_lm.data.shards import DomainDataModule
 from moe_lm.errors import NonFiniteError
-from moe_lm.inference.checkpoint import CheckpointError
+from moe_lm.errors import CheckpointError
 from moe_lm.training import run
 from moe_lm.training.lit_module import MoELitModule
 from moe_lm.training.run import train

@@ -6,7 +6,7 @@ import torch
 from moe_lm.cli import compose
 from moe_lm.config import ConfigError
 from moe_lm.data.bpe import SPECIAL_TOKENS, tokenizer_hash, train_bpe
-from moe_lm.inference.hf_dir import write_hf_dir
+from moe_lm.io.hf_dir import write_hf_dir
 from moe_lm.model import MoETransformer
 from moe_lm.training.init_from import load_init_weights, resolve_init
 

@@ -147,7 +147,7 @@ def test_heldout_text_is_evaluated_at_every_validation(tmp_path):
     (root / "math" / "gsm8k.train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = compose(TINY + ["+experiment=overfit_100_lines", "trainer.max_steps=2", "trainer.val_check_interval=1",
                           f"eval.heldout_root={root}", "data.seq_len=32", "logger.csv=true", f"out_dir={tmp_path}/run"])
-    result = train(cfg, tmp_path / "run")
+    result = train(cfg, tmp_path / "run", heldout_domains=compose(["data=domains"]).data)
     assert 0 < result["heldout/math/bpb"] < 20 and "heldout/code/bpb" not in result  # only domains with a file
     with open(tmp_path / "run" / "csv" / "metrics.csv", newline="") as f:
         logged = [int(r["step"]) for r in csv.DictReader(f) if r.get("heldout/math/bpb")]

@@ -12,11 +12,9 @@ import torch
 from tokenizers import Tokenizer
 
 from moe_lm.config import ModelConfig
+from moe_lm.errors import CheckpointError
+from moe_lm.io.hf_dir import is_hf_dir, load_hf_dir
 from moe_lm.model import MoETransformer
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message names the setting that pointed at it and says why."""
 
 
 def read_checkpoint(path: str | Path, key: str = "ckpt", map_location: Any = "cpu") -> dict[str, Any]:
@@ -58,8 +56,6 @@ def model_config_from(saved: dict[str, Any], key: str = "ckpt") -> ModelConfig:
 def load_model(path: str | Path, device: str = "cpu") -> tuple[MoETransformer, Tokenizer | None, dict[str, Any]]:
     """(model in eval mode, tokenizer or None, the run's config as a dict) from a checkpoint file or a model
     directory (`moe_lm.export`'s, or a compatible HF DeepseekV3/V2 one: its config then holds only `model`)."""
-    from moe_lm.inference.hf_dir import is_hf_dir, load_hf_dir
-
     if is_hf_dir(path):
         model, tok, model_cfg = load_hf_dir(path)
         return model.to(device).eval(), tok, {"model": dataclasses.asdict(model_cfg)}

@@ -1,4 +1,4 @@
-"""HF model directories: write one from a moe_lm checkpoint (`python -m moe_lm.export`), read one back.
+"""HF model directories: write one from a model (`python -m moe_lm.export`, moe_lm/io/export.py), read one back.
 
 A directory holds what `AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained` read:
 config.json (DeepseekV3 or DeepseekV2, moe_lm/model/hf_mapping.py), model.safetensors (or shards and an index
@@ -190,18 +190,3 @@ def load_hf_dir(path: str | Path, base: ModelConfig | None = None, key: str = "c
     load_hf_weights(model, path, key)
     tok = load_tokenizer(path / "tokenizer.json") if (path / "tokenizer.json").is_file() else None
     return model, tok, cfg
-
-
-def export_checkpoint(ckpt: str | Path, out: str | Path, dtype: str = "float32", max_shard_mb: int = 2000) -> list[str]:
-    """moe_lm checkpoint -> HF directory with tokenizer and model card; returns the file names written."""
-    from moe_lm.inference.checkpoint import CheckpointError, load_model, model_config_from
-    from moe_lm.inference.model_card import model_card
-    from moe_lm.model.counting import param_breakdown
-
-    check_out(Path(out))  # before the (slow) load
-    model, tok, run_cfg = load_model(ckpt)
-    if tok is None:
-        raise CheckpointError(f"ckpt: {ckpt} carries no tokenizer; the directory would be unusable without one")
-    cfg = model_config_from(run_cfg["model"])
-    card = model_card(cfg, run_cfg, param_breakdown(model, cfg), Path(ckpt), Path(out).resolve().name)
-    return write_hf_dir(model, cfg, tok, Path(out), card, dtype, max_shard_mb * 2**20)

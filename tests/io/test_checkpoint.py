@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from moe_lm.inference.checkpoint import load_checkpoint
+from moe_lm.io.checkpoint import load_checkpoint
 
 
 def test_missing_truncated_and_foreign_checkpoints_fail_clearly(tmp_path):

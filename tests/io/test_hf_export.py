@@ -12,7 +12,7 @@ from moe_lm.data.bpe import EOT, SPECIAL_TOKENS, chat_text, load_tokenizer, trai
 from moe_lm.data.formatters import ROLE_TOKENS
 from moe_lm.data.text_lines import read_lines
 from moe_lm.inference.decode import generate_ids
-from moe_lm.inference.hf_dir import load_hf_dir, write_hf_dir
+from moe_lm.io.hf_dir import load_hf_dir, write_hf_dir
 from moe_lm.model import MoETransformer
 
 
@@ -183,7 +183,7 @@ def test_an_hf_initialised_deepseek_imports_with_its_logits(kind, tmp_path, make
 
 
 def test_refusals_name_the_key_and_write_nothing(tmp_path, chat_tok, make_model_cfg, monkeypatch):
-    import moe_lm.inference.hf_dir as hf_dir
+    import moe_lm.io.hf_dir as hf_dir
 
     softmax = make_model_cfg(vocab_size=chat_tok.get_vocab_size(), scoring="softmax")  # normalised, with the bias
     with pytest.raises(ConfigError, match="model.norm_topk_prob"):
