@@ -4,7 +4,7 @@ scale (moe_small, 16 x 256 tokens, bf16), timed in interleaved rounds (baseline,
     python experiments/bench_arch_switches.py [--reps 5] [--arms baseline,qk_norm,...] [--json PATH]
 
 Full optimizer steps (forward with the training losses, backward, AdamW, router-bias step) on random tokens; the
-step-time column of README "Architecture switches" comes from here, not from the sweep's wall clock.
+step-time column of the architecture ablation (docs/experiments.md) comes from here, not from the sweep's wall clock.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ happens in the warm-up):
   GPU; on the CPU, one-row matmuls as inductor kernels of their own, decode.one_row_matmul_options), what
   `python -m moe_lm.generate compile=true` does;
 - "cached, compiled, column-major, BLAS one-row" (CPU only): compiled without one_row_matmul_options, on
-  column-major weights: session 8's fastest path;
+  column-major weights: the fastest CPU path before the one-row kernels;
 - "recompute": the whole sequence through the model (its own row-major weights) for every new token, no cache, no
   routing statistics: the baseline a cache removes.
 """
@@ -33,7 +33,7 @@ from moe_lm.model.cache import KVCache
 
 
 def blas_one_row(call: Callable[[], None]) -> Callable[[], None]:
-    """call() with the compiled step as session 8 had it: one-row matmuls left to BLAS (no one_row_matmul_options)."""
+    """call() with the compiled step before the one-row kernels: one-row matmuls left to BLAS (no one_row_matmul_options)."""
     def run() -> None:
         options, decode.one_row_matmul_options = decode.one_row_matmul_options, dict
         try:

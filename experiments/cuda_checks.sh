@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CUDA checks of the README's "On a GPU" section, in one pass (a lent GPU's time is short):
+# The CUDA checks of docs/performance.md's "On a GPU" section, in one pass (a lent GPU's time is short):
 #   OUT=/some/dir bash experiments/cuda_checks.sh [STEP ...]
 # With step names (env tests decode_tests moe_block train_step train_chunks demo generate flash memory recipes
 # dispatch precision_tests), only those

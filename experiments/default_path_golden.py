@@ -4,7 +4,7 @@
 
 tests/model/test_default_path.py computes the same tensors with the current code and compares them with the
 recording (exactly, on a machine of the recording's fingerprint). It was recorded with the code before the
-architecture switches (commit 0f88ef3, session 7), run from a worktree of that commit:
+architecture switches (commit 0f88ef3), run from a worktree of that commit:
     git worktree add /tmp/old 0f88ef3 && cd /tmp/old && \
         PYTHONPATH=/tmp/old python <repo>/experiments/default_path_golden.py --write
 (PYTHONPATH: the old package, not the installed one). Uses only the model API that both versions have.

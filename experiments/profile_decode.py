@@ -68,7 +68,7 @@ def main() -> None:
     model = MoETransformer(compose(["model=moe_100m"]).model).eval()
     if args.layout == "column":
         decode.column_major_weights(model)
-    if args.blas_one_row:  # the compiled step as session 8 had it: every matmul a BLAS call
+    if args.blas_one_row:  # the compiled step before the one-row kernels: every matmul a BLAS call
         decode.one_row_matmul_options = dict
     options = dict(parse_option(o) for o in args.option)
     if options:  # generate_ids compiles through decode.step_function: hand it the options

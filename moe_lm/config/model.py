@@ -44,9 +44,9 @@ class ModelConfig:
     first_k_dense: int = 0  # the first k layers use a dense MLP
     dense_intermediate_size: int = 2048
     # FFN: swiglu | geglu (gated) | gelu | learned_gelu (one up projection; learned_gelu learns a per-channel
-    # scale and shift before the GELU). "silu" is read as swiglu (configs written before session 7).
+    # scale and shift before the GELU). "silu" is read as swiglu (older configs).
     activation: str = "swiglu"
-    # how the routed experts run (same outputs): auto | loop | grouped_mm | bmm (moe_lm/model/moe.py)
+    # how the routed experts run (same outputs): auto | loop | grouped_mm | bmm (moe_lm/model/experts.py)
     moe_impl: str = "auto"
     # load balancing, each switchable
     use_aux_loss: bool = True  # switch/GShard loss over all tokens of the batch
@@ -55,7 +55,7 @@ class ModelConfig:
     bias_update_rate: float = 0.001
     use_z_loss: bool = True
     z_loss_coef: float = 0.001
-    # architecture switches (moe_lm/model; README "Architecture switches"); the defaults are the original model
+    # architecture switches (moe_lm/model; docs/model.md); the defaults are the original model
     qk_norm: bool = False  # RMSNorm on each head's queries and keys (MLA: on the nope and rope parts apart)
     attn_softcap: float = 0.0  # > 0: attention logits -> cap * tanh(logits / cap)
     logit_softcap: float = 0.0  # > 0: the LM head's logits -> cap * tanh(logits / cap)

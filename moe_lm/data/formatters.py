@@ -70,7 +70,7 @@ def question_answer(rec: dict[str, Any]) -> Formatted:
 def code_file(rec: dict[str, Any]) -> Formatted:
     """codeparrot-clean / the-stack-v2 with inline `content`; a `# repo/path` header line first."""
     if rec.get("content") is None and rec.get("blob_id"):
-        return Skip("no inline content (the-stack-v2: fetch blobs by blob_id, see README)")
+        return Skip("no inline content (the-stack-v2: fetch blobs by blob_id, see docs/data.md)")
     content = _field(rec, "content")
     if isinstance(content, Skip):
         return content

@@ -69,7 +69,7 @@ def column_major_weights(model: nn.Module) -> nn.Module:
     """Store every weight matrix of `model` column-major, in place: the same values, each (out, in) matrix (and each
     expert's, in a stacked (E, out, in)) held as the transpose of a contiguous (in, out) one. Decoding multiplies
     one row per sequence by every weight, and on the project's CPU (MKL on AMD EPYC) such matmuls run faster from
-    this layout (README, "Decoding"; `python -m moe_lm.generate` applies it on the CPU). Meant for inference:
+    this layout (docs/performance.md, "Decoding"; `python -m moe_lm.generate` applies it on the CPU). Meant for inference:
     the model still trains, but many-row matmuls gain nothing from it."""
     for p in model.parameters():
         if p.dim() >= 2:
@@ -87,7 +87,7 @@ def one_row_matmul_options() -> dict[str, Any]:
     """Inductor options under which a compiled CPU step computes every one-row matmul (batch 1 decoding) as a
     multiply-and-sum kernel of its own (inductor's decompose_mm_pass) instead of a BLAS call: on the project's CPU
     that reads a row-major weight at over 80% of a plain read's speed, where MKL's one-row product reaches less
-    than half (README, "Decoding"). The pass's width limit (2048 by default, under the 32000-wide head) is a
+    than half (docs/performance.md, "Decoding"). The pass's width limit (2048 by default, under the 32000-wide head) is a
     module constant inductor reads once on import, so it is raised there as well; it only acts in graphs compiled
     with the pass, as this step's are. {} where this torch lacks the pass: plain inductor, the same tokens."""
     try:

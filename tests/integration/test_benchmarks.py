@@ -1,4 +1,4 @@
-"""The benchmarks behind README "Performance" run as `make bench` runs them (in their own process) and check what
+"""The benchmarks behind docs/performance.md run as `make bench` runs them (in their own process) and check what
 they compare before timing it; the shared timing refuses fewer than 5 rounds. Tiny sizes: this is not a timing."""
 
 import json

@@ -1,5 +1,5 @@
-"""Every `python -m moe_lm.<command>` line in the README's code blocks and the Colab notebook composes and validates
-as written (transcripts that show an error, `$ ...` followed by `error:`, are the exception they document)."""
+"""Every `python -m moe_lm.<command>` line in the code blocks of the README and docs/*.md, and in the Colab notebook,
+composes and validates as written (transcripts that show an error, `$ ...` followed by `error:`, are the exception they document)."""
 
 import json
 import re
@@ -39,13 +39,15 @@ def notebook_commands(repo) -> list[str]:
 
 
 def documented(repo) -> list[tuple[str, str]]:
-    readme = code_blocks((repo / "README.md").read_text())
-    return [("README.md", c) for c in commands(readme)] + [("colab.ipynb", c) for c in notebook_commands(repo)]
+    pages = [repo / "README.md", *sorted((repo / "docs").glob("*.md"))]
+    found = [(str(p.relative_to(repo)), c) for p in pages for c in commands(code_blocks(p.read_text()))]
+    return found + [("colab.ipynb", c) for c in notebook_commands(repo)]
 
 
-def test_readme_and_notebook_commands_compose(repo_root):
+def test_readme_docs_and_notebook_commands_compose(repo_root):
     found = documented(repo_root)
-    assert len(found) >= 12 and any(src == "colab.ipynb" for src, _ in found)
+    sources = {src for src, _ in found}
+    assert len(found) >= 30 and {"README.md", "colab.ipynb", "docs/training.md", "docs/export.md"} <= sources
     failures = []
     for src, line in found:
         for k, v in PLACEHOLDERS.items():

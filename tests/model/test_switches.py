@@ -1,4 +1,4 @@
-"""The architecture switches of issue #17 (model.activation, qk_norm, attn_softcap, logit_softcap,
+"""The architecture switches (model.activation, qk_norm, attn_softcap, logit_softcap,
 output_z_loss_coef, sliding_window/window_pattern, mtp_depth): each against its formula or an invariant it
 implies, cached decoding where it applies, and validation that names the key."""
 
