@@ -96,6 +96,53 @@ def debug_requested(argv: list[str]) -> bool:
     return os.environ.get(DEBUG_VAR, "") not in ("", "0")
 
 
+# Hydra's own command-line flags that take the next word as their value
+HYDRA_VALUE_FLAGS = ("--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                     "--config-dir", "-cd", "--experimental-rerun", "--info", "-i")
+SWEEP_FUNCTIONS = ("choice(", "range(", "interval(", "glob(", "tag(", "sort(", "shuffle(")
+
+
+def sweep_jobs(argv: Sequence[str]) -> list[list[str]] | None:
+    """Overrides of the jobs a Hydra command line runs, enough to check each value once: Hydra's flags and
+    `hydra.*` keys left out; under -m, the first job (every sweep list at its first value) and, for each other
+    value of a list, the first job with that value. None where a sweep function (`choice(...)`, ...) is used."""
+    fixed, swept, skip = [], {}, False
+    multirun = "-m" in argv or "--multirun" in argv
+    for word in argv:
+        if skip:
+            skip = False
+            continue
+        if word in HYDRA_VALUE_FLAGS:
+            skip = True
+            continue
+        if word.startswith("-") or word.lstrip("+~").startswith(("hydra.", "hydra/")) or "=" not in word:
+            continue
+        key, value = word.split("=", 1)
+        if multirun and value.startswith(SWEEP_FUNCTIONS):
+            return None
+        if multirun and "," in value and not value.startswith(("[", "{", "'", '"')):
+            swept[key] = value.split(",")
+        fixed.append((key, value))
+    first = [f"{k}={swept[k][0] if k in swept else v}" for k, v in fixed]
+    jobs = [first]
+    for i, (key, _) in enumerate(fixed):
+        for value in swept.get(key, [])[1:]:
+            jobs.append(first[:i] + [f"{key}={value}"] + first[i + 1:])
+    return jobs
+
+
+def check_command_line(argv: Sequence[str], config_name: str = "config") -> None:
+    """Compose and validate what a Hydra app (`moe_lm.train`) is about to run, each swept value once, so that a
+    typo, an unknown option or an impossible value ends in the one-line `error:` and exit 2 of every other command,
+    not in Hydra's report."""
+    jobs = sweep_jobs(argv)
+    if jobs is None or "--help" in argv or "-h" in argv:
+        return
+    with reported_errors():
+        for overrides in jobs:
+            compose(overrides, config_name)
+
+
 @contextmanager
 def reported_errors() -> Iterator[None]:
     """The one error handler of every command: bad input -> `error: ...` and exit 2; divergence -> exit 1."""

@@ -77,6 +77,7 @@ class ModelConfig:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len", "n_routed_experts",
                      "moe_intermediate_size", "top_k"):
             _check(getattr(self, name) > 0, k + name, "must be > 0")
+        _check(self.rope_theta > 0, k + "rope_theta", f"must be > 0 (the RoPE base), got {self.rope_theta}")
         _one_of(self.attention, k + "attention", ("mla", "gqa"))
         _one_of(self.scoring, k + "scoring", ("softmax", "sigmoid"))
         if self.activation == "silu":

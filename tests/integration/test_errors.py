@@ -76,6 +76,52 @@ def test_debug_shows_the_traceback_instead(capsys, monkeypatch):
     assert os.environ.pop(DEBUG_VAR) == "1"
 
 
+TRAIN_TYPOS = [  # what Hydra alone reports in 4-13 lines with exit 1
+    (["model.n_expertz=4"], "model.n_expertz: not a setting of this command"),
+    (["optimizer.lr=fast"], "optimizer.lr: Value 'fast'"),
+    (["seed=abc"], "seed: Value 'abc'"),
+    (["trainer.compile=maybe"], "trainer.compile: Value 'maybe' is not a valid bool"),
+    (["model=moe_tinyy"], "model: no option 'moe_tinyy' (options: dense_100m,"),
+    (["precision=fp8"], "precision: no option 'fp8'"),
+    (["+optimizer.lr=0.1"], "optimizer.lr: already a setting; write optimizer.lr=VALUE without +"),
+    (["+experiment=domain_tiny"], "experiment: no option 'domain_tiny'"),
+    (["trainer.max_step=10"], "trainer.max_step: not a setting of this command"),
+    (["+trainer.max_step=10"], "trainer.max_step: not a setting of this command"),
+    (["model.rope_theta=-1"], "model.rope_theta: must be > 0"),
+    (["-m", "model.n_layers=2,x"], "model.n_layers: Value 'x'"),  # a later value of a sweep
+    (["-m", "+experiment=warm_start_ablation", "+arm=none,forcedd"], "arm: no option 'forcedd'"),
+]
+
+
+@pytest.mark.parametrize("args,named", TRAIN_TYPOS, ids=[" ".join(a) for a, _ in TRAIN_TYPOS])
+def test_train_command_line_errors_are_one_line_and_exit_2(args, named, capsys, monkeypatch):
+    from moe_lm.cli import check_command_line
+
+    monkeypatch.delenv(DEBUG_VAR, raising=False)
+    with pytest.raises(SystemExit) as done:
+        check_command_line(args)
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert named in err, err
+
+
+def test_sweep_jobs_check_each_value_once_and_leave_hydra_flags_out():
+    from moe_lm.cli import sweep_jobs
+
+    argv = ["-m", "--cfg", "job", "hydra.sweep.dir=/x", "seed=1,2", "model=moe_tiny", "+arm=a,b,c"]
+    assert sweep_jobs(argv) == [["seed=1", "model=moe_tiny", "+arm=a"], ["seed=2", "model=moe_tiny", "+arm=a"],
+                                ["seed=1", "model=moe_tiny", "+arm=b"], ["seed=1", "model=moe_tiny", "+arm=c"]]
+    assert sweep_jobs(["seed=1,2"]) == [["seed=1,2"]]  # not a sweep without -m: Hydra reads it as it is
+    assert sweep_jobs(["-m", "seed=range(1,3)"]) is None
+
+
+def test_a_train_typo_is_one_line_and_exit_2_from_the_process(tmp_path):
+    proc = train(tmp_path, "trainer.max_step=10")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and err == "error: trainer.max_step: not a setting of this command (--help lists them)\n", err
+    assert "+trainer.max_step" not in err + out  # Hydra's hint to append the key is not the project's rule
+
+
 def train(tmp_path, *args, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "moe_lm.train", "model=moe_tiny", "model.vocab_size=2048",
                              "precision=fp32", "trainer.progress_bar=false", f"hydra.run.dir={tmp_path}/hydra", *args],
