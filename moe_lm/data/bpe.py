@@ -50,14 +50,27 @@ def train_bpe(texts: Iterable[str], vocab_size: int, special_tokens: list[str] |
     return tok
 
 
-def load_tokenizer(path: str | Path) -> Tokenizer:
+def load_tokenizer(path: str | Path, key: str = "prepare.tokenizer") -> Tokenizer:
     """A tokenizer.json as moe_lm uses it: encode() adds no token (callers prepend <|endoftext|> themselves), also
-    for a tokenizer from another model directory whose post-processor would add a BOS (init_from=hf:DIR)."""
+    for a tokenizer from another model directory whose post-processor would add a BOS (init_from=hf:DIR).
+    An empty, damaged or foreign file is named (`key`: the setting that pointed at it)."""
     import json
 
-    spec = json.loads(Path(path).read_text(encoding="utf-8"))
-    spec["post_processor"] = None
-    return Tokenizer.from_str(json.dumps(spec))
+    try:
+        spec = json.loads(Path(path).read_text(encoding="utf-8"))
+        if not isinstance(spec, dict) or "model" not in spec:
+            raise ValueError("no tokenizer model in it")
+        spec["post_processor"] = None
+        tok = Tokenizer.from_str(json.dumps(spec))
+    except OSError:
+        raise
+    except Exception as e:  # noqa: BLE001 - JSON, UTF-8 or tokenizers' own exception type
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"{key}: {path} is not a tokenizer.json written by tokenizers ({why}); train one with "
+                          f"python -m moe_lm.tokenizer data=domains") from e
+    if tok.get_vocab_size() == 0:
+        raise ConfigError(f"{key}: {path} holds a tokenizer with an empty vocabulary")
+    return tok
 
 
 def tokenizer_hash(tok: Tokenizer) -> str:

@@ -49,10 +49,29 @@ def domains_pipeline(cfg: TrainConfig, out_dir: Path, given: Tokenizer | None) -
     if given is not None and tokenizer_hash(tok) != tokenizer_hash(given):
         raise ConfigError(f"prepare.tokenizer: {tok_path} is not the tokenizer of init_from={cfg.init_from}; use its "
                           f"tokenizer.json (and shards prepared with it)")
-    prepare(cfg)  # idempotent: finished domains are skipped
+    if not all_prepared(cfg, tokenizer_hash(tok)):  # read-only when every domain is there: runs can share shards
+        prepare(cfg)  # idempotent: finished domains are skipped
     mixed = cfg.routing.warm_batches == "mixed"  # the warm start's batches drawn as after it
     data = dataclasses.replace(cfg.data, round_robin_steps=0) if mixed else cfg.data
-    return tok, DomainDataModule(data, cfg.seed, cfg.trainer.accumulate_grad_batches)
+    return tok, DomainDataModule(data, cfg.seed, cfg.trainer.accumulate_grad_batches, cfg.model.vocab_size)
+
+
+def all_prepared(cfg: TrainConfig, thash: str) -> bool:
+    """Every domain has a manifest of this tokenizer and budget under data.shards (its files are checked later)."""
+    from moe_lm.data.manifest import read_meta
+
+    for name, domain in cfg.data.domains.items():
+        path = Path(cfg.data.shards) / name / "meta.json"
+        if not path.is_file():
+            return False
+        meta = read_meta(path)
+        if meta.get("tokenizer_hash") != thash:
+            raise ConfigError(f"prepare.tokenizer: {path.parent} was tokenised with tokenizer "
+                              f"{meta.get('tokenizer_hash')}, prepare.tokenizer is {thash}; use the tokenizer the "
+                              f"shards were made with, or prepare them again")
+        if meta.get("token_budget") != domain.token_budget:
+            return False  # prepare names the conflict
+    return True
 
 
 def build_data(cfg: TrainConfig, out_dir: Path, tok: Tokenizer | None = None) -> tuple[Tokenizer, L.LightningDataModule]:

@@ -35,6 +35,7 @@ from moe_lm.data.files import DirectoryLock, write_json_atomic
 from moe_lm.data.formatters import Skip, format_records
 from moe_lm.data.sources import iter_source
 from moe_lm.data.bpe import eot_id, load_tokenizer, tokenizer_hash
+from moe_lm.data.manifest import read_meta
 from moe_lm.data.encoding import Encoder, batched
 
 SPLITS = ("train", "val")
@@ -202,7 +203,7 @@ def prepare_domain(cfg: TrainConfig, name: str, encoder: Encoder, progress: Prog
     tok = encoder.tok
     thash, meta_path, prog_path = tokenizer_hash(tok), root / "meta.json", root / "progress.json"
     if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
+        meta = read_meta(meta_path, "prepare.out")
         if meta.get("tokenizer_hash") == thash and meta.get("token_budget") == domain.token_budget:
             prog_path.unlink(missing_ok=True)  # a crash after meta.json, before this
             return meta  # finished earlier: idempotent
@@ -229,7 +230,7 @@ def prepare(cfg: TrainConfig) -> dict[str, dict[str, Any]]:
         raise ConfigError("data: prepare needs the multi-domain data group (data=domains or an experiment using it)")
     tok_path = Path(cfg.prepare.tokenizer)
     if not tok_path.is_file():
-        raise FileNotFoundError(f"prepare.tokenizer: no such file: {tok_path} (train one: python -m moe_lm.tokenizer)")
+        raise FileNotFoundError(f"prepare.tokenizer: no such file: {tok_path} (train one: python -m moe_lm.tokenizer data=domains)")
     tok = load_tokenizer(tok_path)
     with DirectoryLock(Path(cfg.prepare.out), "prepare.out", "prepare"), Progress() as progress, \
             Encoder(tok, cfg.prepare.workers) as encoder:

@@ -11,7 +11,6 @@ domain, one dataloader per domain.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -22,16 +21,21 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from moe_lm.config import ConfigError, DomainsDataConfig
 from moe_lm.errors import CheckpointError
+from moe_lm.data.manifest import check_shard_files, check_token_ids, read_meta
 from moe_lm.data.mixture import BatchPlan
 
 
-def load_shard_meta(cfg: DomainsDataConfig) -> dict[str, dict[str, Any]]:
+def load_shard_meta(cfg: DomainsDataConfig, vocab_size: int | None = None) -> dict[str, dict[str, Any]]:
+    """Each domain's checked manifest; with vocab_size, its token ids checked against the vocabulary too."""
     metas = {}
     for name in cfg.domains:
-        path = Path(cfg.shards) / name / "meta.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"data.shards: {path} not found; run python -m moe_lm.prepare first")
-        metas[name] = json.loads(path.read_text())
+        folder = Path(cfg.shards) / name
+        if not (folder / "meta.json").is_file():
+            raise FileNotFoundError(f"data.shards: {folder / 'meta.json'} not found; run python -m moe_lm.prepare data=domains first")
+        metas[name] = meta = read_meta(folder / "meta.json")
+        check_shard_files(folder, meta)
+        if vocab_size is not None:
+            check_token_ids(folder, meta, vocab_size)
     return metas
 
 
@@ -95,12 +99,13 @@ class CountFrom(Sampler[int]):
 
 
 class DomainDataModule(L.LightningDataModule):
-    def __init__(self, cfg: DomainsDataConfig, seed: int, accumulate: int = 1) -> None:
+    def __init__(self, cfg: DomainsDataConfig, seed: int, accumulate: int = 1, vocab_size: int | None = None) -> None:
+        """vocab_size: the model's; every token id of the shards is checked to be below it."""
         super().__init__()
         self.cfg, self.seed, self.accumulate = cfg, seed, accumulate
         self.names = list(cfg.domains)
         self.consumed = 0  # training batches consumed so far (the resume state)
-        self.metas = load_shard_meta(cfg)
+        self.metas = load_shard_meta(cfg, vocab_size)
         dtypes = [m["dtype"] for m in self.metas.values()]
         root = Path(cfg.shards)
         self.train_shards = _Shards(root, self.names, "train", dtypes)

@@ -146,11 +146,10 @@ def shard_streams(root: Path, names: list[str], tok, max_tokens: int = 0
                   ) -> tuple[dict[str, list[int]], dict[str, dict[str, Any]]]:
     """The val split of prepared shards (its first max_tokens tokens, 0 = all): ({domain: token ids},
     {domain: text_info-like info}). The shards must have been made with `tok` (their meta's tokenizer hash)."""
-    import json
-
     import numpy as np
 
     from moe_lm.data.bpe import tokenizer_hash
+    from moe_lm.data.manifest import check_shard_files, read_meta
 
     dirs = sorted(p.parent.name for p in root.glob("*/meta.json"))
     unknown = [n for n in names if n not in dirs]
@@ -159,7 +158,8 @@ def shard_streams(root: Path, names: list[str], tok, max_tokens: int = 0
                           f"(expected <dir>/<domain>/meta.json and val.bin, written by python -m moe_lm.prepare)")
     streams, infos = {}, {}
     for name in names or dirs:
-        meta = json.loads((root / name / "meta.json").read_text())
+        meta = read_meta(root / name / "meta.json")
+        check_shard_files(root / name, meta)
         if meta.get("tokenizer_hash") != tokenizer_hash(tok):
             raise ConfigError(f"data.shards: {root / name} was tokenised with tokenizer {meta.get('tokenizer_hash')}, "
                               f"the checkpoint's is {tokenizer_hash(tok)}")

@@ -188,5 +188,5 @@ def load_hf_dir(path: str | Path, base: ModelConfig | None = None, key: str = "c
     cfg = hf_model_config(path, base or ModelConfig(), key)
     model = MoETransformer(cfg)
     load_hf_weights(model, path, key)
-    tok = load_tokenizer(path / "tokenizer.json") if (path / "tokenizer.json").is_file() else None
+    tok = load_tokenizer(path / "tokenizer.json", key) if (path / "tokenizer.json").is_file() else None
     return model, tok, cfg

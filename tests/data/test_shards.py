@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from moe_lm.config import ConfigError
 from moe_lm.data.shards import DomainDataModule
 
 
@@ -66,3 +67,39 @@ def test_validation_is_fixed_per_domain(shards, make_domains_cfg):
 def test_missing_shards_name_the_key(tmp_path, make_domains_cfg):
     with pytest.raises(FileNotFoundError, match="data.shards"):
         DomainDataModule(make_domains_cfg(tmp_path), seed=0)
+
+
+def _damage(folder, how):
+    train = folder / "train.bin"
+    if how == "empty":
+        train.write_bytes(b"")
+    elif how == "odd length":
+        train.write_bytes(train.read_bytes() + b"\x01")
+    elif how == "truncated":
+        train.write_bytes(train.read_bytes()[:1000])
+    elif how == "random bytes":  # the right size, but not token ids of this vocabulary
+        train.write_bytes(np.random.default_rng(0).integers(0, 256, train.stat().st_size, dtype=np.uint8).tobytes())
+    elif how == "corrupt meta":
+        (folder / "meta.json").write_text('{"dtype": "uint16", "tokens": {"train": 30')
+    elif how == "foreign meta":
+        (folder / "meta.json").write_text('{"dtype": "float64", "tokens": {"train": 3000, "val": 200}}')
+
+
+@pytest.mark.parametrize("how,named", [
+    ("empty", r"code/train.bin holds 0 bytes, but its meta.json counts 1,000 uint16 tokens \(2,000 bytes\)"),
+    ("odd length", r"code/train.bin holds 2,001 bytes"),
+    ("truncated", r"code/train.bin holds 1,000 bytes"),
+    ("random bytes", r"code/train.bin holds token id [\d,]+, not below model.vocab_size=30,000"),
+    ("corrupt meta", r"code/meta.json is not valid JSON"),
+    ("foreign meta", r"code/meta.json is not a shard manifest written by moe_lm.prepare"),
+])
+def test_a_damaged_shard_is_named_and_never_read(shards, make_domains_cfg, how, named):
+    _damage(shards / "code", how)
+    with pytest.raises(ConfigError, match=named):
+        DomainDataModule(make_domains_cfg(shards), seed=0, vocab_size=30000)
+
+
+def test_intact_shards_pass_the_vocabulary_check_and_a_smaller_vocabulary_fails(shards, make_domains_cfg):
+    DomainDataModule(make_domains_cfg(shards), seed=0, vocab_size=26000)  # web's largest id is 25999
+    with pytest.raises(ConfigError, match="web/train.bin holds token id 25,999"):
+        DomainDataModule(make_domains_cfg(shards), seed=0, vocab_size=25999)
