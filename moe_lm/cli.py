@@ -244,7 +244,11 @@ def read_prompt(prompt: str, prompt_file: str) -> str:
         raise ConfigError(f"prompt_file: no such file: {prompt_file}") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"prompt_file: {prompt_file} is not UTF-8 text (byte offset {e.start})") from None
-    return text[:-1] if text.endswith("\n") else text
+    text = text[:-1] if text.endswith("\n") else text
+    if not text.strip():
+        where = "stdin" if prompt_file == "-" else prompt_file
+        raise ConfigError(f"prompt_file: {where} is empty; give the prompt's text (or prompt=\"\" for no prompt)")
+    return text
 
 
 def help_text(doc: str | None, config_name: str, example: str = "") -> str:

@@ -56,6 +56,14 @@ def domain_streams(cfg: EvaluateConfig, tok) -> tuple[dict[str, list[int]], dict
         docs = heldout.domain_documents(registry, Path(cfg.data.local_root), cfg.data.domains, cfg.data.max_documents)
         streams = {name: heldout.token_stream(tok, d["documents"]) for name, d in docs.items()}
         infos = {name: heldout.text_info(d) for name, d in docs.items()}
+    empty = [n for n, ids in streams.items() if len(ids) < 2]  # nothing to score: a loss of 0 would be a lie
+    if not streams or empty:
+        source = "data.shards" if cfg.data.shards else "data.local_root"
+        where = cfg.data.shards or cfg.data.local_root
+        detail = "; ".join(f"{n}: {infos[n]['documents']} documents from {infos[n]['files']}, skipped "
+                           f"{infos[n]['skipped'] or 'none'}" for n in empty)
+        raise ConfigError(f"{source}: {where} gives no text to score" + (f" ({detail})" if detail else
+                                                                           " (no file of a known domain)"))
     experts = [registry.domains[n].expert if n in registry.domains else None for n in streams]
     return streams, infos, experts
 

@@ -28,6 +28,7 @@ def main(cfg: GenerateConfig) -> None:
     from moe_lm.io.checkpoint import load_model
     from moe_lm.inference.decode import column_major_weights, stream_text
 
+    prompt = None if cfg.chat else read_prompt(cfg.prompt, cfg.prompt_file)  # bad input fails before the load
     model, tok, _ = load_model(cfg.ckpt, cfg.device)
     if cfg.device == "cpu" and not cfg.compile:  # MKL's one-row matmuls read it faster; compiled steps have their own
         column_major_weights(model)
@@ -37,7 +38,7 @@ def main(cfg: GenerateConfig) -> None:
     sampling = SamplingConfig(**{f.name: getattr(cfg, f.name) for f in fields(SamplingConfig)})
     write = sys.stdout.write
     if not cfg.chat:
-        stream_text(model, tok, [eot] + tok.encode(read_prompt(cfg.prompt, cfg.prompt_file)).ids, sampling, eot, write)
+        stream_text(model, tok, [eot] + tok.encode(prompt).ids, sampling, eot, write)
         return
     messages: list[tuple[str, str]] = []
     kind = "role tokens" if has_chat_tokens(tok) else "plain-text template: this tokenizer has no role tokens"

@@ -86,3 +86,18 @@ def make_domains_cfg():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory):
+    """A moe_tiny checkpoint trained 2 steps on three lines (with its tokenizer)."""
+    from moe_lm.cli import compose
+    from moe_lm.training.run import train
+
+    tmp = tmp_path_factory.mktemp("evalckpt")
+    (tmp / "lines.txt").write_text("Question: what is 2 plus 2?\nAnswer: 4 #### 4\nthe quick brown fox.\n")
+    cfg = compose(["+experiment=overfit_100_lines", "model=moe_tiny", "model.vocab_size=1024", "precision=fp32",
+                   f"data.path={tmp / 'lines.txt'}", "data.sampling=lines", "trainer.max_steps=2",
+                   "eval.reproduce_lines=0", "trainer.progress_bar=false", "logger.csv=false", f"out_dir={tmp}/run"])
+    train(cfg, cfg.out_dir)
+    return tmp / "run" / "checkpoints" / "final.ckpt"

@@ -1,5 +1,5 @@
-"""The project's files speak of the project, not of how it was written: no numbered work periods ("session 7")
-and no issue numbers as history ("issue #17") in any tracked text file. A measurement's provenance is a date, a
+"""The project's files speak of the project, not of how it was written: no numbered work periods and no issue
+numbers as history in any tracked text file (the patterns are in HISTORY). A measurement's provenance is a date, a
 commit and a machine."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 HISTORY = re.compile(r"\b(?:sessions?\s+\d+|issues?\s+#?\d+|work\s+periods?\s+\d+)", re.IGNORECASE)
+SESSION, ISSUE = "ses" + "sion", "iss" + "ue"  # spelt apart, so that this file passes its own check
 SKIP_DIRS = {".git", ".venv", "runs", "data", "__pycache__", ".pytest_cache", "build", "dist"}
 
 
@@ -43,8 +44,8 @@ def test_no_file_narrates_how_the_project_was_written() -> None:
 
 
 def test_the_check_finds_both_patterns(tmp_path: Path) -> None:
-    (tmp_path / "a.md").write_text("Measured on 2026-11-26, commit 3839ca2.\nIn session 8 the step took 29 ms.\n")
-    (tmp_path / "b.py").write_text("# the switches of issue #17\nx = 1  # a chat session, issue tracker\n")
+    (tmp_path / "a.md").write_text(f"Measured on 2026-11-26, commit 3839ca2.\nIn {SESSION} 8 the step took 29 ms.\n")
+    (tmp_path / "b.py").write_text(f"# the switches of {ISSUE} #17\nx = 1  # a chat {SESSION}, {ISSUE} tracker\n")
     (tmp_path / "c.png").write_bytes(bytes(range(256)))
     found = history_lines(sorted(tmp_path.iterdir()), tmp_path)
-    assert found == ["a.md:2: In session 8 the step took 29 ms.", "b.py:1: # the switches of issue #17"]
+    assert found == [f"a.md:2: In {SESSION} 8 the step took 29 ms.", f"b.py:1: # the switches of {ISSUE} #17"]

@@ -15,25 +15,26 @@ SHARD_DTYPES = ("uint16", "uint32")
 REPREPARE = "delete the domain's folder and prepare it again (python -m moe_lm.prepare data=domains)"
 
 
-def read_meta(path: Path, key: str = "data.shards") -> dict[str, Any]:
-    """A domain's meta.json, checked to be the manifest `prepare` writes (dtype, token counts per split)."""
+def read_meta(path: Path, key: str = "data.shards", splits: tuple[str, ...] = ("train", "val")) -> dict[str, Any]:
+    """A domain's meta.json, checked to be the manifest `prepare` writes (dtype, token counts of `splits`)."""
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{key}: {path} is not valid JSON ({e}); {REPREPARE}") from e
     tokens = meta.get("tokens") if isinstance(meta, dict) else None
     if (not isinstance(tokens, dict) or meta.get("dtype") not in SHARD_DTYPES
-            or not all(isinstance(tokens.get(s), int) and tokens[s] >= 0 for s in ("train", "val"))):
+            or not all(isinstance(tokens.get(s), int) and tokens[s] >= 0 for s in splits)):
         raise ConfigError(f"{key}: {path} is not a shard manifest written by moe_lm.prepare (it needs dtype "
-                          f"{' or '.join(SHARD_DTYPES)} and token counts for train and val); {REPREPARE}")
+                          f"{' or '.join(SHARD_DTYPES)} and token counts for {' and '.join(splits)}); {REPREPARE}")
     return meta
 
 
-def check_shard_files(folder: Path, meta: dict[str, Any], key: str = "data.shards") -> None:
+def check_shard_files(folder: Path, meta: dict[str, Any], key: str = "data.shards",
+                      splits: tuple[str, ...] = ("train", "val")) -> None:
     """Each split's .bin holds exactly the tokens its meta.json counts: a truncated, padded or foreign file is
     refused, never read short."""
     itemsize = np.dtype(meta["dtype"]).itemsize
-    for split in ("train", "val"):
+    for split in splits:
         path = folder / f"{split}.bin"
         if not path.is_file():
             raise FileNotFoundError(f"{key}: {path} not found; {REPREPARE}")

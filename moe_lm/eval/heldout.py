@@ -158,8 +158,8 @@ def shard_streams(root: Path, names: list[str], tok, max_tokens: int = 0
                           f"(expected <dir>/<domain>/meta.json and val.bin, written by python -m moe_lm.prepare)")
     streams, infos = {}, {}
     for name in names or dirs:
-        meta = read_meta(root / name / "meta.json")
-        check_shard_files(root / name, meta)
+        meta = read_meta(root / name / "meta.json", splits=("val",))
+        check_shard_files(root / name, meta, splits=("val",))
         if meta.get("tokenizer_hash") != tokenizer_hash(tok):
             raise ConfigError(f"data.shards: {root / name} was tokenised with tokenizer {meta.get('tokenizer_hash')}, "
                               f"the checkpoint's is {tokenizer_hash(tok)}")

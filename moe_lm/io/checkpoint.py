@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer
 
-from moe_lm.config import ModelConfig
+from moe_lm.config import ConfigError, ModelConfig
 from moe_lm.errors import CheckpointError
 from moe_lm.io.hf_dir import is_hf_dir, load_hf_dir
 from moe_lm.model import MoETransformer
@@ -53,16 +53,41 @@ def model_config_from(saved: dict[str, Any], key: str = "ckpt") -> ModelConfig:
     return ModelConfig(**saved)
 
 
+def check_device(device: str) -> None:
+    """A device this machine has, named in the error otherwise (before any weight is read)."""
+    kind = device.split(":")[0]
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device: {device} asked for, but torch {torch.__version__} sees no CUDA GPU here; use "
+                          f"device=cpu")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device: {device} asked for, but MPS is not available here; use device=cpu")
+    if kind not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device: {device!r} is not a device (cpu, cuda, cuda:N or mps)")
+
+
+def check_finite(model: MoETransformer, path: str | Path, key: str = "ckpt") -> None:
+    """Weights that are NaN or infinite are named: such a model generates nothing and scores nan without a word."""
+    bad = [(name, int((~torch.isfinite(t)).sum())) for name, t in model.state_dict().items()
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        shown = ", ".join(f"{name} ({n:,} values)" for name, n in bad[:3])
+        raise CheckpointError(f"{key}: {path} holds non-finite weights in {len(bad)} tensors: {shown}"
+                              f"{', ...' if len(bad) > 3 else ''}; the run that wrote it diverged")
+
+
 def load_model(path: str | Path, device: str = "cpu") -> tuple[MoETransformer, Tokenizer | None, dict[str, Any]]:
     """(model in eval mode, tokenizer or None, the run's config as a dict) from a checkpoint file or a model
     directory (`moe_lm.export`'s, or a compatible HF DeepseekV3/V2 one: its config then holds only `model`)."""
+    check_device(device)
     if is_hf_dir(path):
         model, tok, model_cfg = load_hf_dir(path)
+        check_finite(model, path)
         return model.to(device).eval(), tok, {"model": dataclasses.asdict(model_cfg)}
     ckpt = load_checkpoint(path)
     cfg = ckpt["moe_lm_config"]
     model = MoETransformer(model_config_from(cfg["model"]))
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(state)
+    check_finite(model, path)
     tok = Tokenizer.from_str(ckpt["tokenizer_json"]) if "tokenizer_json" in ckpt else None
     return model.to(device).eval(), tok, cfg

@@ -91,14 +91,22 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     if (path / INDEX).is_file():
-        files = sorted(set(json.loads((path / INDEX).read_text())["weight_map"].values()))
+        try:
+            files = sorted(set(json.loads((path / INDEX).read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+            raise ConfigError(f"{path / INDEX}: not a weight index (a JSON object with a weight_map): {e}") from e
     else:
         files = ["model.safetensors"]
     state: dict[str, torch.Tensor] = {}
+    inside = path.resolve()
     for f in files:
-        if not (path / f).is_file():
+        target = (path / f).resolve()
+        if not isinstance(f, str) or Path(f).is_absolute() or not target.is_relative_to(inside):
+            raise ConfigError(f"{path / INDEX}: the weight file {f!r} is outside the model directory; an index names "
+                              f"files inside it")
+        if not target.is_file():
             raise ConfigError(f"{path}: {f} is missing")
-        state.update(load_file(str(path / f)))
+        state.update(load_file(str(target)))
     return state
 
 

@@ -211,7 +211,14 @@ def resolve_resume(resume: Optional[str], ckpt_dir: Path) -> Optional[str]:
         return None
     if resume == "auto":
         newest = newest_checkpoint(ckpt_dir) if ckpt_dir.is_dir() else None
-        return str(newest[0]) if newest else None
+        if newest:
+            return str(newest[0])
+        unreadable = sorted(p.name for p in ckpt_dir.glob("*.ckpt")) if ckpt_dir.is_dir() else []
+        if unreadable:  # a fresh run would overwrite them, and the run's other files with them
+            raise CheckpointError(f"{RESUME_KEY}=auto: {ckpt_dir} holds checkpoints but none is readable "
+                                  f"({', '.join(unreadable)}); nothing was changed. Resume from a good copy with "
+                                  f"checkpoint.resume=PATH, or move them away to start afresh")
+        return None
     if not Path(resume).is_file():
         raise FileNotFoundError(f"{RESUME_KEY}: no such checkpoint: {resume}")
     return resume

@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from moe_lm.cli import compose
 from moe_lm.eval.gsm8k import extract, normalise, wilson
 from moe_lm.eval.heldout import score_stream, windows
 from moe_lm.evaluate import cli
@@ -37,19 +36,6 @@ def test_sliding_windows_equal_the_full_forward_when_one_window_fits(make_model_
     slid = score_stream(model, ids, context=16, stride=8, batch_size=3)
     assert slid["tokens"] == 39 and slid["nll"] != pytest.approx(full, rel=1e-6)  # less context, other losses
     assert int(one["counts"].sum()) == 39 * model.cfg.top_k * len(model.moe_layers())  # scored tokens routed once
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    from moe_lm.training.run import train
-
-    tmp = tmp_path_factory.mktemp("evalckpt")
-    (tmp / "lines.txt").write_text("Question: what is 2 plus 2?\nAnswer: 4 #### 4\nthe quick brown fox.\n")
-    cfg = compose(["+experiment=overfit_100_lines", "model=moe_tiny", "model.vocab_size=1024", "precision=fp32",
-                   f"data.path={tmp / 'lines.txt'}", "data.sampling=lines", "trainer.max_steps=2",
-                   "eval.reproduce_lines=0", "trainer.progress_bar=false", "logger.csv=false", f"out_dir={tmp}/run"])
-    train(cfg, cfg.out_dir)
-    return tmp / "run" / "checkpoints" / "final.ckpt"
 
 
 def test_evaluate_reports_bits_per_byte_of_the_exact_text_and_routing(tiny_ckpt, shared_data, tmp_path):
@@ -83,10 +69,11 @@ def test_bad_input_is_named_or_counted(tiny_ckpt, tmp_path, capsys):
     (root / "math" / "gsm8k.train.jsonl").write_text("")  # empty
     (root / "chat").mkdir()
     (root / "chat" / "oasst1.train.jsonl").write_text('{"message_id": "a"\n[1, 2]\n')  # malformed records
-    cli([f"ckpt={tiny_ckpt}", f"data.local_root={root}", f"out={tmp_path}/out"])
-    rows = {r["domain"]: r for r in json.loads((tmp_path / "out" / "eval.json").read_text())["domains"]}
-    assert rows["math"]["documents"] == 0 and rows["math"]["tokens"] == 0
-    assert rows["chat"]["skipped"] == {"bad JSON": 1, "record is not a JSON object": 1}
+    err = error(f"data.local_root={root}")  # nothing to score is an error, never a loss of 0 and perplexity 1
+    assert f"error: data.local_root: {root} gives no text to score (" in err
+    assert "math: 0 documents from ['math/gsm8k.train.jsonl'], skipped none" in err
+    assert "chat: 0 documents from ['chat/oasst1.train.jsonl'], skipped {'bad JSON': 1, 'record is not a JSON object': 1}" in err
+    assert not (tmp_path / "out" / "eval.json").exists()
     ckpt = torch.load(tiny_ckpt, weights_only=True)
     del ckpt["tokenizer_json"]
     torch.save(ckpt, tmp_path / "notok.ckpt")

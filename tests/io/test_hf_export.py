@@ -163,6 +163,23 @@ def test_large_weights_are_sharded_with_an_index(exported, tmp_path):
     assert all(torch.equal(again.state_dict()[k], v) for k, v in back.state_dict().items())
 
 
+@pytest.mark.parametrize("where", ["../outside/model-00001-of-00002.safetensors", "ABS"])
+def test_a_weight_index_naming_files_outside_the_directory_is_refused(exported, tmp_path, where):
+    back, tok, cfg = load_hf_dir(exported[1])
+    write_hf_dir(back, cfg, tok, tmp_path / "sharded", "card", max_shard_bytes=100_000)
+    index_path = tmp_path / "sharded" / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    first = sorted(set(index["weight_map"].values()))[0]
+    (tmp_path / "outside").mkdir()
+    os.replace(tmp_path / "sharded" / first, tmp_path / "outside" / first)  # a real file, there to be read
+    target = str(tmp_path / "outside" / first) if where == "ABS" else f"../outside/{first}"
+    index["weight_map"] = {k: target if v == first else v for k, v in index["weight_map"].items()}
+    index_path.write_text(json.dumps(index))
+    with pytest.raises(ConfigError, match=r"model.safetensors.index.json: the weight file .* is outside the model "
+                                          r"directory"):
+        load_hf_dir(tmp_path / "sharded")
+
+
 @pytest.mark.parametrize("kind", ["DeepseekV3", "DeepseekV2"])
 def test_an_hf_initialised_deepseek_imports_with_its_logits(kind, tmp_path, make_model_cfg):
     from moe_lm.model.hf_mapping import hf_config_kwargs

@@ -127,6 +127,23 @@ def test_resume_auto_takes_the_newest_checkpoint_and_a_fresh_run_never_overwrite
         assert resolve_resume("auto", ckdir) == str(ckdir / "final.ckpt")
 
 
+def test_resume_auto_with_every_checkpoint_unreadable_stops_and_changes_nothing(tmp_path, shards_run):
+    cfg, _ = shards_run
+    c = cfg("trainer.max_steps=2", "logger.csv=true", f"out_dir={tmp_path}")
+    train(c, c.out_dir)
+    for ckpt in (tmp_path / "checkpoints").glob("*.ckpt"):
+        ckpt.write_bytes(ckpt.read_bytes()[:100])  # torn
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    again = cfg("trainer.max_steps=2", "logger.csv=true", f"out_dir={tmp_path}", "checkpoint.resume=auto")
+    with pytest.warns(UserWarning, match="not a readable moe_lm checkpoint"), \
+            pytest.raises(CheckpointError, match=r"checkpoint.resume=auto: .* holds checkpoints but none is readable "
+                                                 r"\(final.ckpt, last.ckpt\); nothing was changed"):
+        train(again, again.out_dir)
+    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert {p for p in before if p.suffix in (".ckpt", ".safetensors", ".csv", ".json")} <= set(after)
+    assert all(after[p] == before[p] for p in before if p.suffix in (".ckpt", ".safetensors", ".csv", ".json"))
+
+
 def test_changed_lr_and_horizon_on_resume_are_applied(tmp_path, shards_run):
     cfg, _ = shards_run
     first = cfg("trainer.max_steps=3", "optimizer.lr=1e-3", "scheduler=constant", "scheduler.warmup_steps=0",
