@@ -5,19 +5,66 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from moe_lm.config import ConfigError
 
 
+@contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """An OSError of a write (a full disk, a file-size limit) re-raised with the file it was writing, which the OS
+    leaves out: `[Errno 27] File too large` becomes `<path>: File too large`."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename or not e.strerror:
+            raise
+        raise OSError(e.errno, f"{e.strerror} (while writing it)", str(path)) from e
+    except Exception as e:  # a library's own error around an OS one (safetensors: "I/O error: ... (os error 27)")
+        m = re.search(r"I/O error: (.*) \(os error (\d+)\)", str(e))
+        if m is None:
+            raise
+        raise OSError(int(m[2]), f"{m[1]} (while writing it)", str(path)) from e
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: two writers never share one
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with naming(path), open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # nothing half-written is left behind
+        raise
     os.replace(tmp, path)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(directory: Path) -> list[str]:
+    """Delete the temporary files and directories (`<name>.<pid>.tmp`, `.<name>.<pid>.<random>.tmp`) that a killed
+    writer left in `directory`: those whose process is gone. Returns their names."""
+    removed = []
+    for path in sorted(Path(directory).glob("*.tmp")) if Path(directory).is_dir() else []:
+        pids = [int(part) for part in path.name.split(".")[:-1] if part.isdigit()]
+        if not pids or pids[-1] == os.getpid() or pid_alive(pids[-1]):
+            continue
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        removed.append(path.name)
+    return removed
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

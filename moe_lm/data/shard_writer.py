@@ -31,7 +31,7 @@ import numpy as np
 from rich.progress import Progress
 
 from moe_lm.config import ConfigError, DomainConfig, DomainsDataConfig, TrainConfig
-from moe_lm.data.files import DirectoryLock, write_json_atomic
+from moe_lm.data.files import DirectoryLock, naming, remove_stale_temporaries, write_json_atomic
 from moe_lm.data.formatters import Skip, format_records
 from moe_lm.data.sources import iter_source
 from moe_lm.data.bpe import eot_id, load_tokenizer, tokenizer_hash
@@ -89,15 +89,17 @@ class DomainWriter:
         """One document: the end-of-text separator, then its tokens."""
         arr = np.empty(len(ids) + 1, dtype=self.dtype)
         arr[0], arr[1:] = eot, ids
-        self.files[split].write(arr.tobytes())
+        with naming(self.root / f"{split}.bin.partial"):
+            self.files[split].write(arr.tobytes())
         self.state["bytes"][split] += arr.nbytes
         self.state["tokens"][split] += arr.size
         self.state["documents"][split] += 1
 
     def checkpoint(self) -> None:
-        for f in self.files.values():
-            f.flush()
-            os.fsync(f.fileno())
+        for split, f in self.files.items():
+            with naming(self.root / f"{split}.bin.partial"):
+                f.flush()
+                os.fsync(f.fileno())
         write_json_atomic(self.root / "progress.json", self.state)
 
     def close(self) -> None:
@@ -201,6 +203,7 @@ def prepare_domain(cfg: TrainConfig, name: str, encoder: Encoder, progress: Prog
     root = Path(cfg.prepare.out) / name
     root.mkdir(parents=True, exist_ok=True)
     tok = encoder.tok
+    remove_stale_temporaries(root)
     thash, meta_path, prog_path = tokenizer_hash(tok), root / "meta.json", root / "progress.json"
     if meta_path.exists():
         meta = read_meta(meta_path, "prepare.out")

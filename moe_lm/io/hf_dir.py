@@ -23,6 +23,7 @@ from tokenizers import Tokenizer
 
 from moe_lm.config import ConfigError, ModelConfig
 from moe_lm.data.bpe import EOT, has_chat_tokens, load_tokenizer
+from moe_lm.data.files import naming, remove_stale_temporaries
 from moe_lm.data.formatters import ROLE_TOKENS
 from moe_lm.model import MoETransformer
 from moe_lm.model.hf_mapping import from_hf_state_dict, hf_config_dict, model_config_from_hf, to_hf_state_dict
@@ -133,12 +134,14 @@ def write_hf_dir(model: MoETransformer, cfg: ModelConfig, tok: Tokenizer, out: P
     gen = {"bos_token_id": eot, "eos_token_id": stops if len(stops) > 1 else eot, "pad_token_id": eot,
            **(generation or {})}
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    remove_stale_temporaries(out.parent)  # what an export killed earlier left beside its target
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp", dir=out.parent))
     try:
-        names = write_weights(state, tmp, max_shard_bytes)
-        for name, obj in {"config.json": config, "generation_config.json": gen, **files_json}.items():
-            (tmp / name).write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        (tmp / "README.md").write_text(card, encoding="utf-8")
+        with naming(out):  # a full disk names the directory being exported, not a bare errno
+            names = write_weights(state, tmp, max_shard_bytes)
+            for name, obj in {"config.json": config, "generation_config.json": gen, **files_json}.items():
+                (tmp / name).write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            (tmp / "README.md").write_text(card, encoding="utf-8")
         for f in tmp.iterdir():  # readable by whoever the directory is shared with, as a plain file write would be
             os.chmod(f, 0o644)
         os.chmod(tmp, 0o755)

@@ -23,7 +23,7 @@ import torch
 from tokenizers import Tokenizer
 
 from moe_lm.config import ConfigError, DomainsDataConfig, TrainConfig
-from moe_lm.data.files import DirectoryLock, write_json_atomic
+from moe_lm.data.files import DirectoryLock, remove_stale_temporaries, write_json_atomic
 from moe_lm.data.pipelines import build_data
 from moe_lm.model.counting import param_breakdown, train_flops_per_token
 from moe_lm.training.callbacks import FirstBatchPrinter, HeldoutEval, LossCurve, StepProgressBar, Throughput
@@ -148,6 +148,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, experiment: str = "",
             locks.enter_context(DirectoryLock(out, "out_dir", "training run"))
             if not ckdir.resolve().is_relative_to(out.resolve()):
                 locks.enter_context(DirectoryLock(ckdir, "checkpoint.dir", "training run"))
+            for directory in (out, ckdir):  # what a killed save left behind; the locks keep live writers out
+                remove_stale_temporaries(directory)
         return fit(cfg, out, resolve_resume(cfg.checkpoint.resume, ckdir), experiment, init_tok, heldout_domains)
 
 

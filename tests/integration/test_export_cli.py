@@ -83,3 +83,22 @@ def test_export_refuses_a_softmax_normalised_checkpoint_naming_the_key(tmp_path,
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.startswith("error: model.norm_topk_prob:") and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.ckpt"]  # no directory, no temporary one
+
+
+def test_a_full_disk_during_export_names_the_directory_and_leaves_nothing(tiny_ckpt, tmp_path):
+    """RLIMIT_FSIZE makes the weights' write fail as a full disk would (EFBIG); a stale temporary directory of an
+    export killed earlier is cleaned up by the next one."""
+    import resource
+    import signal
+    import subprocess
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (tmp_path / f".hf.{dead.pid}.abcd.tmp").mkdir()  # left by an export killed part way
+    r = run("export", f"ckpt={tiny_ckpt}", f"out={tmp_path / 'hf'}", preexec_fn=limit)
+    assert r.returncode == 2 and r.stderr == f"error: {tmp_path / 'hf'}: File too large (while writing it)\n", r.stderr
+    assert list(tmp_path.iterdir()) == []  # neither the target nor a temporary directory
