@@ -44,6 +44,19 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def link_or_copy(src: Path, dst: Path) -> None:
+    """`dst` holding `src`'s bytes, atomically: a hard link where the filesystem has them (no second copy on disk;
+    an atomic rewrite of either name later leaves the other intact), else a copy."""
+    tmp = dst.with_name(f"{dst.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:  # no hard links here (some network and FUSE filesystems)
+        with naming(dst):
+            shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

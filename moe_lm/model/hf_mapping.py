@@ -62,7 +62,9 @@ def hf_model_type(cfg: ModelConfig) -> str:
         return "deepseek_v3"
     if cfg.norm_topk_prob:
         raise ConfigError(f"{k}norm_topk_prob: transformers' DeepseekV2 (the class for softmax scoring) does not "
-                          f"normalise the top-k weights; export needs norm_topk_prob=false or scoring=sigmoid")
+                          f"normalise the top-k weights; export needs norm_topk_prob=false or scoring=sigmoid "
+                          f"(specialisation_ablation and scaling_ladder pin model.scoring=softmax to reproduce "
+                          f"their documented numbers: add model.scoring=sigmoid to train an exportable model)")
     if cfg.use_aux_free_bias:
         raise ConfigError(f"{k}use_aux_free_bias: transformers' DeepseekV2 (the class for softmax scoring) applies "
                           f"no selection bias; export needs use_aux_free_bias=false or scoring=sigmoid")

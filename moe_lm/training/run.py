@@ -23,7 +23,7 @@ import torch
 from tokenizers import Tokenizer
 
 from moe_lm.config import ConfigError, DomainsDataConfig, TrainConfig
-from moe_lm.data.files import DirectoryLock, remove_stale_temporaries, write_json_atomic
+from moe_lm.data.files import DirectoryLock, link_or_copy, remove_stale_temporaries, write_json_atomic
 from moe_lm.data.pipelines import build_data
 from moe_lm.model.counting import param_breakdown, train_flops_per_token
 from moe_lm.training.callbacks import FirstBatchPrinter, HeldoutEval, LossCurve, StepProgressBar, Throughput
@@ -106,8 +106,10 @@ def save_artefacts(trainer: L.Trainer, module: MoELitModule, cfg: TrainConfig, o
     from safetensors.torch import save_file, save_model
 
     ckdir = checkpoint_dir(cfg, out)
-    for name in ("last.ckpt", "final.ckpt"):
-        trainer.save_checkpoint(str(ckdir / name), weights_only=False)
+    trainer.save_checkpoint(str(ckdir / "last.ckpt"), weights_only=False)
+    if trainer.is_global_zero:  # the same bytes: one file on disk under two names where the filesystem links
+        link_or_copy(ckdir / "last.ckpt", ckdir / "final.ckpt")
+    trainer.strategy.barrier()
     if cfg.strategy.name != "fsdp":
         if trainer.is_global_zero:
             save_model(module.model, str(out / "model.safetensors"))
@@ -191,7 +193,7 @@ def fit(cfg: TrainConfig, out: Path, ckpt_path: str | None, experiment: str = ""
         if cfg.eval.reproduce_lines > 0:
             from moe_lm.eval.overfit import overfit_report
 
-            result.update(overfit_report(module.model, dm, tok, cfg.eval))
+            result.update(overfit_report(module.model, dm, tok, cfg.eval, steps=result["steps"]))
     if trainer.is_global_zero:
         write_json_atomic(out / "result.json", result)
     return result

@@ -58,3 +58,14 @@ def test_a_full_disk_during_an_atomic_write_names_the_file_and_leaves_nothing(tm
     assert list(tmp_path.iterdir()) == []
     write_text_atomic(tmp_path / "ok.json", "{}")
     assert [p.name for p in tmp_path.iterdir()] == ["ok.json"]
+
+
+def test_link_or_copy_shares_the_bytes_and_survives_a_rewrite_of_either_name(tmp_path):
+    from moe_lm.data.files import link_or_copy
+
+    (tmp_path / "last.ckpt").write_bytes(b"step 800")
+    link_or_copy(tmp_path / "last.ckpt", tmp_path / "final.ckpt")
+    assert (tmp_path / "final.ckpt").stat().st_ino == (tmp_path / "last.ckpt").stat().st_ino
+    write_text_atomic(tmp_path / "last.ckpt", "step 900")  # a resumed run saves last.ckpt again
+    assert (tmp_path / "final.ckpt").read_bytes() == b"step 800"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final.ckpt", "last.ckpt"]

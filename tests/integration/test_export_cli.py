@@ -102,3 +102,26 @@ def test_a_full_disk_during_export_names_the_directory_and_leaves_nothing(tiny_c
     r = run("export", f"ckpt={tiny_ckpt}", f"out={tmp_path / 'hf'}", preexec_fn=limit)
     assert r.returncode == 2 and r.stderr == f"error: {tmp_path / 'hf'}: File too large (while writing it)\n", r.stderr
     assert list(tmp_path.iterdir()) == []  # neither the target nor a temporary directory
+
+
+@pytest.mark.slow
+def test_the_tutorial_model_exports_and_transformers_loads_it(tmp_path, shared_data):
+    """domains_tiny trains with the default (exportable) routing: the tutorial's model can be shared."""
+    transformers = pytest.importorskip("transformers", reason="transformers is a test extra")
+    import torch
+
+    r = run("train", "+experiment=domains_tiny", f"paths.data_root={shared_data}", f"data.shards={tmp_path}/shards",
+            f"prepare.out={tmp_path}/shards", f"prepare.tokenizer={tmp_path}/tok/tokenizer.json",
+            "trainer.max_steps=20", "data.round_robin_steps=5", "trainer.val_check_interval=null",
+            "trainer.progress_bar=false", f"out_dir={tmp_path}/run", f"hydra.run.dir={tmp_path}/hydra")
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run("export", f"ckpt={tmp_path}/run/checkpoints/final.ckpt", f"out={tmp_path}/hf")
+    assert r.returncode == 0, r.stderr[-2000:]
+    hf, info = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    from moe_lm.io.checkpoint import load_model
+
+    ours, tok, _ = load_model(tmp_path / "run" / "checkpoints" / "final.ckpt")
+    ids = torch.tensor([tok.encode("Question: what is 12 times 7?").ids])
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, ours(ids).logits, atol=1e-4, rtol=1e-4)
