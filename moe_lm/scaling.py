@@ -26,20 +26,28 @@ def main(cfg: ScalingConfig) -> None:
     sweep = Path(cfg.dir)
     try:
         points = sweep_points(load_runs(sweep), cfg.params, cfg.loss)
-        law = fit_sweep(points, cfg.bootstrap, cfg.seed)
+        law, why = fit_sweep(points, cfg.bootstrap, cfg.seed)
     except ValueError as e:
         raise ConfigError(f"dir: {sweep}: {e}") from None
+    print(f"fitted: {why}\n")
     ratio = cfg.tokens_per_param or sorted(d / n for n, d, _, _ in points)[len(points) // 2]
     print("| run | N | D (tokens) | loss | fitted |\n|---|---:|---:|---:|---:|")
     for n, d, loss, run in points:
         print(f"| {run} | {n:,.0f} | {d:,.0f} | {loss:.4f} | {law.loss(n, d):.4f} |")
     ci = "".join(f"; {k} 95% [{lo:.3f}, {hi:.3f}]" for k, (lo, hi) in law.intervals.items())
+    if cfg.bootstrap and not law.intervals:
+        ci = f"; no interval: too few runs to resample ({len(points)})"
     print(f"\n{law.describe()}{ci} (N = {cfg.params} parameters, {len(points)} runs)")
     result = {"law": {k: getattr(law, k) for k in ("E", "A", "alpha", "B", "beta")}, "intervals": law.intervals,
-              "runs": [dict(zip(("N", "D", "loss", "run"), p)) for p in points], "predictions": []}
+              "fitted": why, "runs": [dict(zip(("N", "D", "loss", "run"), p)) for p in points], "predictions": []}
     if cfg.budget and law.B:
         n_opt, d_opt = law.optimum(cfg.budget)
-        print(f"compute-optimal for {cfg.budget:.3g} FLOPs: N = {n_opt:,.0f}, D = {d_opt:,.0f} tokens")
+        if n_opt < 1 or d_opt < 1:
+            raise ConfigError(f"budget: {cfg.budget:.3g} FLOPs buys less than one parameter trained on one token "
+                              f"under this law (N = {n_opt:.3g}, D = {d_opt:.3g}); give a larger budget")
+        span = max(n_opt / max(p[0] for p in points), min(p[0] for p in points) / n_opt)
+        far = f" (warning: {span:.0f}x outside the sweep's sizes: an extrapolation)" if span > 10 else ""
+        print(f"compute-optimal for {cfg.budget:.3g} FLOPs: N = {n_opt:,.0f}, D = {d_opt:,.0f} tokens{far}")
         result["optimum"] = {"flops": cfg.budget, "N": n_opt, "D": d_opt}
     elif cfg.budget:
         print("budget: no compute-optimal split from a one-variable law (N and D did not vary independently in this "

@@ -104,9 +104,12 @@ def plan(cfg: PlanConfig) -> dict[str, Any]:
             continue
     best = min(range(len(rows)), key=lambda i: abs(math.log(rows[i]["active"] / n_opt)))
     shown = rows[max(0, best - 3): best + 4]
+    # the optimum outside the ladder's sizes by more than a factor 2: the marked row is the nearest rung, not it
+    off = ("below" if n_opt < rows[0]["active"] / 2 else "above" if n_opt > rows[-1]["active"] * 2 else None)
     return {"budget_flops": c, "peak_flops_per_s": peak, "mfu": mfu, "n_opt": n_opt,
             "d_opt": cfg.tokens_per_param * n_opt, "best_d_model": rows[best]["d_model"], "rows": shown,
-            "device_memory_gib": DEVICE_MEMORY_GIB.get(cfg.gpu)}
+            "device_memory_gib": DEVICE_MEMORY_GIB.get(cfg.gpu), "off_ladder": off,
+            "ladder_range": (rows[0]["active"], rows[-1]["active"])}
 
 
 def _si(x: float) -> str:
@@ -125,6 +128,11 @@ def plan_table(cfg: PlanConfig, p: dict[str, Any]) -> str:
              f"| d_model | layers | heads | active params | total params | tokens ({cfg.tokens_per_param:g}/param) "
              f"| train FLOPs | hours on {device} | memory (GiB, {cfg.batch_size} x {cfg.seq_len}) |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    if p.get("off_ladder"):
+        lo, hi = p["ladder_range"]
+        lines[1:1] = [f"warning: the compute-optimal size is {p['off_ladder']} the ladder of this model family "
+                      f"({_si(lo)}-{_si(hi)} active parameters): the marked row is only its nearest rung, and "
+                      f"nothing below describes this budget"]
     limit = p["device_memory_gib"]
     for r in p["rows"]:
         mark = " **<-**" if r["d_model"] == p["best_d_model"] else ""

@@ -106,12 +106,22 @@ def fit(n: Sequence[float], loss: Sequence[float], d: Optional[Sequence[float]] 
 
 
 def _bootstrap(theta, log_n, log_d, log_l, samples: int, seed: int) -> dict[str, tuple[float, float]]:
+    """2.5 and 97.5 percentiles of the exponents over resamples of the runs. A resample with fewer distinct sizes
+    than the law has parameters identifies nothing and is drawn again; with too few usable resamples (a sweep too
+    small to resample) there is no interval."""
     gen = torch.Generator().manual_seed(seed)
-    fits = []
-    for _ in range(samples):
+    fits, need = [], 3 if log_d is None else 5
+    for _ in range(samples * 5):
+        if len(fits) == samples:
+            break
         idx = torch.randint(0, len(log_l), (len(log_l),), generator=gen)
+        points = set(zip(log_n[idx].tolist(), [0.0] * len(idx) if log_d is None else log_d[idx].tolist()))
+        if len({p[0] for p in points}) < (3 if log_d is None else 2) or len(points) < need:
+            continue
         _, t = _minimise(theta.tolist(), log_n[idx], None if log_d is None else log_d[idx], log_l[idx])
         fits.append(t)
+    if len(fits) < samples // 2:
+        return {}
     stacked = torch.stack(fits)
     names = {1: "alpha", 4: "beta"}
     return {name: (float(stacked[:, i].quantile(0.025)), float(stacked[:, i].quantile(0.975)))
@@ -128,13 +138,30 @@ def sweep_points(runs: list[dict], params: str, loss_key: str) -> list[tuple[flo
     return sorted(points)
 
 
-def fit_sweep(points: list[tuple[float, float, float, str]], bootstrap: int, seed: int) -> Law:
-    """The two-variable law when both N and D vary across the runs, else the one-variable law in N."""
+def fit_sweep(points: list[tuple[float, float, float, str]], bootstrap: int, seed: int) -> tuple[Law, str]:
+    """(law, which law was fitted and why). The two-variable law when N and D vary independently across at least
+    5 runs; else the one-variable law in N, which needs at least 3 distinct sizes. A sweep that cannot identify
+    the law's parameters is refused (ValueError), and one whose D varies without identifying B and beta says that
+    the fit ignores D."""
     n, d, loss = ([p[i] for p in points] for i in range(3))
-    both = len(set(n)) > 1 and len(set(d)) > 1 and len({x / y for x, y in zip(d, n)}) > 1
-    if both and len(points) >= 5:
-        return fit(n, loss, d, bootstrap=bootstrap, seed=seed)
-    return fit(n, loss, bootstrap=bootstrap, seed=seed)
+    sizes, token_counts = len(set(n)), len(set(d))
+    ratios = {round(y / x, 9) for x, y in zip(n, d)}
+    if sizes > 1 and token_counts > 1 and len(ratios) > 1 and len(set(zip(n, d))) >= 5:
+        return (fit(n, loss, d, bootstrap=bootstrap, seed=seed),
+                f"two-variable law L(N, D): {sizes} sizes and {token_counts} token counts, not in one ratio")
+    if sizes < 3:
+        raise ValueError(f"the runs have {sizes} distinct size{'s' if sizes > 1 else ''} N; the law "
+                         f"E + A / N^alpha has three parameters and needs at least 3 sizes (a sweep over model.* "
+                         f"widths, e.g. +experiment=scaling_ladder)")
+    if token_counts == 1:
+        why = f"one-variable law L(N): every run saw the same {d[0]:,.0f} tokens"
+    elif len(ratios) == 1:
+        why = f"one-variable law L(N): D moves with N (D = {d[0] / n[0]:.3g} N in every run), so B and beta are not identified"
+    else:
+        why = (f"one-variable law L(N), IGNORING D: D varies across the runs ({min(d):,.0f}-{max(d):,.0f} tokens) "
+               f"but {len(set(zip(n, d)))} distinct (N, D) points are too few for the two-variable law (5 needed); "
+               f"runs with different D get the same fitted value")
+    return fit(n, loss, bootstrap=bootstrap, seed=seed), why
 
 
 def scaling_plot(points: list[tuple[float, float, float, str]], law: Law, path, title: str,

@@ -44,3 +44,15 @@ def test_the_ladder_keeps_the_family_shape():
 def test_unknown_device_is_named():
     with pytest.raises(ConfigError, match=r"gpu: unknown device 'K80'"):
         plan(compose(["gpu=K80"], "plan"))
+
+
+@pytest.mark.parametrize("flops,side", [(1.0, "below"), (1e40, "above"), (8.19e17, None)])
+def test_a_budget_off_the_ladder_says_so(flops, side):
+    cfg = compose([f"flops={flops}"], "plan")
+    p = plan(cfg)
+    assert p["off_ladder"] == side
+    table = plan_table(cfg, p)
+    warned = "warning: the compute-optimal size is" in table
+    assert warned == (side is not None)
+    if side:
+        assert f"is {side} the ladder of this model family" in table.splitlines()[1]

@@ -53,8 +53,54 @@ def test_the_command_fits_a_sweep_of_result_files_and_predicts(tmp_path, capsys)
     assert out["law"]["alpha"] == pytest.approx(0.35, rel=0.05) and out["law"]["B"] == 0.0
     assert out["predictions"][0]["loss"] == pytest.approx(truth.loss(6.4e6), rel=0.01)
     assert out["predictions"][0]["D"] == pytest.approx(2 * 6.4e6)  # the sweep's tokens per parameter
-    assert (tmp_path / "scaling.png").stat().st_size > 1000 and "predicted loss at N = 6,400,000" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert (tmp_path / "scaling.png").stat().st_size > 1000 and "predicted loss at N = 6,400,000" in printed
+    assert "fitted: one-variable law L(N): D moves with N (D = 2 N in every run)" in printed
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit) as done:
         cli([f"dir={tmp_path / 'empty'}"])
     assert done.value.code == 2 and "error: dir: no result.json below" in capsys.readouterr().err
+
+
+def sweep(tmp_path, runs):
+    import json
+
+    for i, (n, d, loss) in enumerate(runs):
+        (tmp_path / str(i)).mkdir(parents=True)
+        (tmp_path / str(i) / "result.json").write_text(json.dumps(
+            {"active_params": n, "params": n, "tokens": d, "val/loss": loss}))
+    return tmp_path
+
+
+def test_runs_of_one_size_are_refused(tmp_path, capsys):
+    from moe_lm.scaling import cli
+
+    d = sweep(tmp_path, [(1e6, 1e7, 3.1), (1e6, 2e7, 3.0), (1e6, 4e7, 2.95)])
+    with pytest.raises(SystemExit) as done:
+        cli([f"dir={d}"])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and "the runs have 1 distinct size N; the law E + A / N^alpha has three" in err
+
+
+def test_varying_tokens_that_cannot_be_fitted_are_named_as_ignored(tmp_path, capsys):
+    from moe_lm.scaling import cli
+
+    truth = Law(E=2.0, A=80.0, alpha=0.35)
+    d = sweep(tmp_path, [(n, t, truth.loss(n)) for n, t in ((2e5, 1e6), (4e5, 3e6), (8e5, 2e6), (1.6e6, 9e6))])
+    cli([f"dir={d}", "bootstrap=20"])
+    out = capsys.readouterr().out
+    assert "fitted: one-variable law L(N), IGNORING D: D varies across the runs (1,000,000-9,000,000 tokens)" in out
+
+
+def test_a_budget_that_buys_nothing_is_refused_and_resamples_never_collapse(tmp_path, capsys):
+    from moe_lm.scaling import cli
+
+    truth = Law(E=1.69, A=406.4, alpha=0.34, B=410.7, beta=0.28)
+    runs = [(n, t, truth.loss(n, t)) for n in (1e6, 4e6, 1.6e7) for t in (2e7, 8e7)]
+    d = sweep(tmp_path, runs)
+    with pytest.raises(SystemExit) as done:
+        cli([f"dir={d}", "budget=1", "bootstrap=20"])
+    assert done.value.code == 2 and "budget: 1 FLOPs buys less than one parameter" in capsys.readouterr().err
+    law = fit([r[0] for r in runs], [r[2] for r in runs], [r[1] for r in runs], bootstrap=30)
+    for lo, hi in law.intervals.values():  # every resample had enough distinct points: no zero-width interval
+        assert hi > lo
