@@ -251,21 +251,29 @@ def read_prompt(prompt: str, prompt_file: str) -> str:
     return text
 
 
-def help_text(doc: str | None, config_name: str, example: str = "") -> str:
-    cfg = compose_raw((), config_name)
+def help_text(doc: str | None, config_name: str, example: str = "", keys: Sequence[str] = (),
+              overrides: Sequence[str] = ()) -> str:
+    """The command's docstring, an example, and its settings with their defaults: the whole config, or only the
+    top-level `keys` the command reads (a command sharing the training config does not list the model's), as
+    composed with `overrides` (the groups the command needs, e.g. data=domains)."""
+    cfg = compose_raw(overrides, config_name)
     example = f"\n\nExample: {example}" if example else ""
-    return (f"{(doc or '').strip()}{example}\n\nConfig (`{config_name}`; override any key with key=value, a group "
-            f"with group=option; --debug shows a traceback on error):\n\n{OmegaConf.to_yaml(cfg, resolve=False)}")
+    shown = OmegaConf.masked_copy(cfg, list(keys)) if keys else cfg
+    which = f"the settings it reads from `{config_name}`" if keys else f"`{config_name}`"
+    return (f"{(doc or '').strip()}{example}\n\nConfig ({which}; override any key with key=value, a group "
+            f"with group=option; --debug shows a traceback on error):\n\n{OmegaConf.to_yaml(shown, resolve=False)}")
 
 
 def run_command(main: Callable[[Any], None], config_name: str, doc: str | None, text_keys: Sequence[str] = (),
-                argv: Sequence[str] | None = None, example: str = "") -> None:
-    """Parse argv as overrides of `config_name`, validate, call `main(cfg)`; bad input exits 2 with one line."""
+                argv: Sequence[str] | None = None, example: str = "", help_keys: Sequence[str] = (),
+                help_overrides: Sequence[str] = ()) -> None:
+    """Parse argv as overrides of `config_name`, validate, call `main(cfg)`; bad input exits 2 with one line.
+    help_keys: the top-level keys `--help` lists (all of them when empty), composed with help_overrides."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug_requested(argv)
     with reported_errors():
         if "--help" in argv or "-h" in argv:
-            print(help_text(doc, config_name, example))
+            print(help_text(doc, config_name, example, help_keys, help_overrides))
             return
         overrides, texts = split_text_args(argv, text_keys)
         cfg = compose(overrides, config_name)

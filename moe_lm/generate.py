@@ -38,6 +38,8 @@ def main(cfg: GenerateConfig) -> None:
     sampling = SamplingConfig(**{f.name: getattr(cfg, f.name) for f in fields(SamplingConfig)})
     write = sys.stdout.write
     if not cfg.chat:
+        if cfg.echo:
+            write(prompt)
         stream_text(model, tok, [eot] + tok.encode(prompt).ids, sampling, eot, write)
         return
     messages: list[tuple[str, str]] = []

@@ -20,12 +20,13 @@ EXAMPLE = 'python -m moe_lm.inspect ckpt=runs/overfit_100_lines/checkpoints/fina
 def main(cfg: InspectConfig) -> None:
     from moe_lm.errors import CheckpointError
     from moe_lm.io.checkpoint import load_model
-    from moe_lm.inference.logit_lens import report
+    from moe_lm.inference.logit_lens import expert_names, report
 
-    model, tok, _ = load_model(cfg.ckpt)
+    prompt = read_prompt(cfg.prompt, cfg.prompt_file)
+    model, tok, run_cfg = load_model(cfg.ckpt)
     if tok is None:
         raise CheckpointError(f"ckpt: {cfg.ckpt} carries no tokenizer")
-    print(report(model, tok, read_prompt(cfg.prompt, cfg.prompt_file), cfg.top))
+    print(report(model, tok, prompt, cfg.top, expert_names(run_cfg)))
 
 
 def cli(argv: Sequence[str] | None = None) -> None:

@@ -32,7 +32,7 @@ def main(cfg: TrainConfig) -> None:
 
 def cli(argv: Sequence[str] | None = None) -> None:
     """The command line (argv defaults to sys.argv[1:])."""
-    run_command(main, "config", __doc__, argv=argv,
+    run_command(main, "config", __doc__, argv=argv, help_overrides=("data=domains",), help_keys=("data", "prepare", "paths"),
                 example=EXAMPLE)
 
 

@@ -111,6 +111,7 @@ class GenerateConfig(SamplingConfig):
     prompt: str = ""
     prompt_file: str = ""  # the prompt is this file's text ('-' = stdin), instead of prompt=
     chat: bool = False
+    echo: bool = True  # print the prompt before its continuation
     device: str = "cpu"
 
     def __post_init__(self) -> None:

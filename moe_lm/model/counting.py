@@ -74,6 +74,14 @@ def train_flops_per_token(cfg: ModelConfig, parts: dict[str, int], seq_len: int)
     return 6.0 * matmul_params_per_token(cfg, parts) + attn
 
 
+def model_line(cfg: ModelConfig) -> str:
+    """One line that says what the model is: `model moe_100m: 12 layers, d_model 512, MLA, 5 routed experts ...`."""
+    n_moe = sum(map(cfg.is_moe_layer, range(cfg.n_layers)))
+    ffn = (f"{cfg.n_routed_experts} routed experts (top-{cfg.top_k}), {cfg.n_shared_experts} shared" if n_moe
+           else f"dense MLP {cfg.dense_intermediate_size} wide (no routed experts)")
+    return f"model {cfg.name}: {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.attention.upper()}, {ffn}"
+
+
 def param_table(cfg: ModelConfig, seq_len: int) -> str:
     """The parameter breakdown and training FLOPs per token as a text table (model built on the meta device)."""
     import torch
@@ -85,10 +93,7 @@ def param_table(cfg: ModelConfig, seq_len: int) -> str:
     parts = param_breakdown(model, cfg)
     flops = train_flops_per_token(cfg, parts, seq_len)
     total = parts["total"]
-    n_moe = sum(map(cfg.is_moe_layer, range(cfg.n_layers)))
-    ffn = (f"{cfg.n_routed_experts} routed experts (top-{cfg.top_k}), {cfg.n_shared_experts} shared" if n_moe
-           else f"dense MLP {cfg.dense_intermediate_size} wide (no routed experts)")
-    lines = [f"model {cfg.name}: {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.attention.upper()}, {ffn}", "",
+    lines = [model_line(cfg), "",
              f"{'part':<22}{'params':>14}{'share':>9}", "-" * 45]
     for name, n in parts.items():
         if name in ("dense_total", "total", "active_per_token"):

@@ -77,6 +77,26 @@ def test_logit_lens_last_layer_equals_model_output_and_routing_is_reported(make_
     torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4))  # normalised top-k weights
 
 
+def test_inspect_report_is_readable_text_with_expert_domains(make_model_cfg):
+    from moe_lm.data.bpe import train_bpe
+    import re
+
+    from moe_lm.inference.logit_lens import expert_names, report, token_text
+
+    tok = train_bpe(["the quick brown fox jumps over the lazy dog"] * 20, 300)
+    model = MoETransformer(make_model_cfg(vocab_size=512)).eval()  # more ids than the tokenizer has
+    run_cfg = {"data": {"domains": {"math": {"expert": 0}, "code": {"expert": 1}, "web": {"expert": None}}}}
+    assert expert_names(run_cfg) == {0: "math", 1: "code"} and expert_names(None) == {}
+    text = report(model, tok, "the quick fox", top=3, expert_names=expert_names(run_cfg))
+    lines = text.splitlines()
+    assert lines[0].startswith("model ") and len(lines[0]) < 120 and "ModelConfig(" not in text
+    assert "experts: 0 math, 1 code" in text
+    assert "token 2: ' quick'" in text and "\u0120" not in text  # decoded text, not the byte-level spelling
+    assert token_text(tok, 511) == "<id 511: no token>"  # ids past the tokenizer's vocabulary are named as such
+    routes = ", ".join(line.split("| experts ")[1] for line in lines if "| experts " in line)
+    assert routes and not re.search(r"(^|, )0 (?!math)", routes) and not re.search(r"(^|, )1 (?!code)", routes)
+
+
 def test_prompt_longer_than_context_keeps_its_end_and_room_to_generate(make_model_cfg):
     model = MoETransformer(make_model_cfg(max_seq_len=32)).eval()
     long_prompt = list(range(1, 41))

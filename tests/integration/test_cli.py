@@ -35,6 +35,11 @@ def test_every_command_has_help_with_its_keys_and_an_example(command):
     assert words[:3] == ["python", "-m", f"moe_lm.{command}"]
     overrides, _ = split_text_args(words[3:], ("prompt",))
     compose(overrides, COMMAND_CONFIG[command])  # the example is valid as printed
+    if command in HELP_HIDES:  # a command sharing the training config lists only the settings it reads
+        assert HELP_HIDES[command] not in r.stdout
+
+
+HELP_HIDES = {"prepare": "n_layers:", "tokenizer": "max_steps:", "params": "max_steps:"}
 
 
 @pytest.mark.parametrize("command,args,key", [
@@ -92,13 +97,16 @@ def trained(two_lines_run) -> Path:
 def test_generate_and_inspect_take_the_prompt_verbatim(trained):
     out = run("generate", f"ckpt={trained}", "prompt=Question: pack my box", "temperature=0", "max_new_tokens=60",
               check=True).stdout
-    assert " with five dozen liquor jugs, then sphinx of black quartz judge my vow." in out
+    assert out.startswith("Question: pack my box with five dozen liquor jugs, then sphinx of black quartz judge my vow.")
+    assert run("generate", f"ckpt={trained}", "prompt=Question: pack my box", "temperature=0", "max_new_tokens=4",
+               "echo=false", check=True).stdout.startswith(" with")  # the continuation alone
     out = run("generate", f"ckpt={trained}", "prompt=Question: pack my box", "temperature=0", "max_new_tokens=60",
               "stop=[liquor]", check=True).stdout
     assert out.rstrip("\n").endswith("five dozen ") and "jugs" not in out
     out = run("inspect", f"ckpt={trained}", "prompt=Question: pack", check=True).stdout
     tokens = [ln for ln in out.splitlines() if ln.startswith("token ")]
-    assert "routed_expert_4" in out and tokens[-1].endswith("'ack'") and any(t.endswith("':'") for t in tokens)
+    assert out.startswith("model moe_tiny: ") and "parameters: " in out
+    assert tokens[-1].endswith("'ack'") and any(t.endswith("':'") for t in tokens)
     assert out.count("| experts ") == len(tokens) * 2  # every token x 2 MoE layers
 
 

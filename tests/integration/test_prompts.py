@@ -24,7 +24,7 @@ def received(monkeypatch):
     monkeypatch.setattr("moe_lm.io.checkpoint.load_model", lambda *a: (object(), tok, None))
     monkeypatch.setattr("moe_lm.inference.decode.stream_text", lambda m, t, ids, *a: got.append(text(ids)) or "")
     monkeypatch.setattr("moe_lm.inference.decode.column_major_weights", lambda m: m)
-    monkeypatch.setattr("moe_lm.inference.logit_lens.report", lambda m, t, prompt, top: got.append(prompt) or "")
+    monkeypatch.setattr("moe_lm.inference.logit_lens.report", lambda m, t, prompt, *a: got.append(prompt) or "")
     return got
 
 
