@@ -28,15 +28,37 @@ def run_files(ckpt: Path) -> dict[str, Any]:
     return found
 
 
+# settings that hold paths of the machine the model was trained on: not the card's business
+LOCAL_PATHS = {"data": ("path", "local_root", "shards", "hub_mirror"), "paths": ("data_root", "resources"),
+               "prepare": ("out", "tokenizer"), "checkpoint": ("dir", "resume"), "eval": ("heldout_root",),
+               "": ("out_dir", "init_from")}
+
+
+def without_local_paths(run_cfg: dict[str, Any]) -> dict[str, Any]:
+    """The run's config with every local path replaced by its file name (a data file) or `<local path>`."""
+    cfg = json.loads(json.dumps(run_cfg, default=str))  # a deep copy of plain data
+    for group, keys in LOCAL_PATHS.items():
+        node = cfg if not group else cfg.get(group)
+        for key in keys if isinstance(node, dict) else ():
+            if node.get(key):
+                node[key] = Path(str(node[key])).name if (group, key) == ("data", "path") else "<local path>"
+    return cfg
+
+
 def _data_lines(data: dict[str, Any]) -> list[str]:
     if "domains" not in data:
-        return [f"- {data.get('path') or 'the overfit demo lines'} (text lines)"]
+        name = Path(str(data.get("path") or "")).name or "the overfit demo lines"
+        return [f"- `{name}`: a text file, one document per line"]
     lines = []
     for name, d in data["domains"].items():
-        sources = ", ".join(s.get("path") or s.get("dataset", "?") for s in d.get("sources", [])) or "-"
+        sources = ", ".join(s.get("hub_id") or s.get("local_file") or "?" for s in d.get("sources", [])) or "-"
         expert = f", expert {d['expert']}" if d.get("expert") is not None else ""
         lines.append(f"- {name}: {sources}{expert}")
     return lines
+
+
+def _count(n: float) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n:,.0f}"
 
 
 def _measured(files: dict[str, Any]) -> list[str]:
@@ -63,8 +85,10 @@ def model_card(cfg: ModelConfig, run_cfg: dict[str, Any], params: dict[str, int]
                   f"{cfg.n_shared_experts} shared; {cfg.scoring} router")
     data = run_cfg.get("data", {})
     trainer, opt = run_cfg.get("trainer", {}), run_cfg.get("optimizer", {})
-    tokens = (trainer.get("max_steps", 0) * data.get("batch_size", 0) * data.get("seq_len", 0)
-              * trainer.get("accumulate_grad_batches", 1))
+    result = run_files(ckpt).get("result.json", {})
+    steps = result.get("steps", trainer.get("max_steps", 0))  # what the run did, else what it was set to do
+    tokens = result.get("tokens") or (steps * data.get("batch_size", 0) * data.get("seq_len", 0)
+                                      * trainer.get("accumulate_grad_batches", 1))
     return "\n".join([
         "---", "library_name: transformers", f"tags: [moe_lm, {'mixture-of-experts' if moe else 'dense'}, "
         f"{hf_model_type(cfg)}]", "---", "", f"# {repo_name}", "",
@@ -78,9 +102,10 @@ def model_card(cfg: ModelConfig, run_cfg: dict[str, Any], params: dict[str, int]
         "out = model.generate(**ids, max_new_tokens=32, do_sample=False)",
         "print(tok.decode(out[0]))", "```", "",
         "## Training", "",
-        f"{trainer.get('max_steps', '?')} optimizer steps of {data.get('batch_size', '?')} x {data.get('seq_len', '?')} "
-        f"tokens (about {tokens / 1e6:.1f}M tokens), AdamW lr {opt.get('lr', '?')}, "
+        f"{steps} optimizer steps of {data.get('batch_size', '?')} x {data.get('seq_len', '?')} "
+        f"tokens ({_count(tokens)} tokens), AdamW lr {opt.get('lr', '?')}, "
         f"{run_cfg.get('scheduler', {}).get('name', '?')} schedule, {run_cfg.get('precision', {}).get('name', '?')} "
         f"precision, seed {run_cfg.get('seed', '?')}. Data:", "", *_data_lines(data), "",
         "## Measured", "", *_measured(run_files(ckpt)), "",
-        "## The run's configuration", "", "```yaml", yaml.safe_dump(run_cfg, sort_keys=False).rstrip(), "```", ""])
+        "## The run's configuration", "", "(local paths left out)", "", "```yaml",
+        yaml.safe_dump(without_local_paths(run_cfg), sort_keys=False).rstrip(), "```", ""])

@@ -27,6 +27,8 @@ def test_export_writes_a_directory_every_command_reads_back(trained_sigmoid):
     card = (out / "README.md").read_text()
     result = json.loads((tmp / "run" / "result.json").read_text())
     assert "DeepseekV3ForCausalLM" in card and "300 optimizer steps of 2 x" in card
+    assert f"tokens ({result['tokens']:,} tokens)" in card  # the run's real count, not "about 0.0M"
+    assert "/pytest-" not in card and "`lines.txt`: a text file" in card  # no path of the training machine
     assert f"| lines reproduced (greedy, from 8-token prompts) | {result['reproduced']} |" in card
     assert f"| train loss (full pass) | {result['train_loss_full_pass']:.4g} |" in card
 
