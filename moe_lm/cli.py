@@ -264,13 +264,21 @@ def help_text(doc: str | None, config_name: str, example: str = "", keys: Sequen
             f"with group=option; --debug shows a traceback on error):\n\n{OmegaConf.to_yaml(shown, resolve=False)}")
 
 
+def plain_warnings() -> None:
+    """Warnings as one line each, `warning: <message>`, not Python's `file:line: UserWarning:` and source line."""
+    import warnings
+
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
+
+
 def run_command(main: Callable[[Any], None], config_name: str, doc: str | None, text_keys: Sequence[str] = (),
                 argv: Sequence[str] | None = None, example: str = "", help_keys: Sequence[str] = (),
                 help_overrides: Sequence[str] = ()) -> None:
     """Parse argv as overrides of `config_name`, validate, call `main(cfg)`; bad input exits 2 with one line.
     help_keys: the top-level keys `--help` lists (all of them when empty), composed with help_overrides."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug_requested(argv)
+    if not debug_requested(argv):
+        plain_warnings()
     with reported_errors():
         if "--help" in argv or "-h" in argv:
             print(help_text(doc, config_name, example, help_keys, help_overrides))

@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from moe_lm.cli import check_command_line, conf_dir, debug_requested, reported_errors, validate
+from moe_lm.cli import check_command_line, conf_dir, debug_requested, plain_warnings, reported_errors, validate
 from moe_lm.config import DomainsDataConfig, register_configs
 
 register_configs()
@@ -37,6 +37,7 @@ def main(dcfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    debug_requested(sys.argv)
+    if not debug_requested(sys.argv):
+        plain_warnings()
     check_command_line(sys.argv[1:])  # bad input: one line and exit 2 before Hydra starts
     main()
