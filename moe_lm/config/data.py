@@ -141,8 +141,11 @@ class PrepareConfig:
     # 0: tokenise in this process (the tokenizer's threads use every core); N: a pool of N processes, one thread
     # each, batches in order (the same bytes either way)
     workers: int = 0
+    # a document longer than this is skipped and counted (one huge record would otherwise fill a split alone)
+    max_document_tokens: int = 262_144
 
     def __post_init__(self) -> None:
+        _check(self.max_document_tokens > 0, "prepare.max_document_tokens", "must be > 0")
         _check(0.0 <= self.val_fraction < 1.0, "prepare.val_fraction", "must be in [0, 1)")
         _check(self.batch_documents > 0, "prepare.batch_documents", "must be > 0")
         _check(self.checkpoint_every > 0, "prepare.checkpoint_every", "must be > 0")

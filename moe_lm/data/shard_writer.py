@@ -141,6 +141,12 @@ def write_documents(cfg: TrainConfig, name: str, encoder: Encoder, writer: Domai
             for ids, n_bytes in zip(ids_batch, bytes_batch):
                 if state["per_source_tokens"][i] >= share:
                     break
+                if len(ids) > p.max_document_tokens:  # skipped by name, never allowed to fill a split alone
+                    reason = f"longer than prepare.max_document_tokens ({p.max_document_tokens:,} tokens)"
+                    state["skipped"][reason] = state["skipped"].get(reason, 0) + 1
+                    state["consumed"][i] += 1
+                    since += 1
+                    continue
                 split = split_of(name, i, state["consumed"][i], len(ids) + 1, state, cfg.seed, p.val_fraction)
                 writer.append(split, eot, ids)
                 state["consumed"][i] += 1
@@ -193,6 +199,9 @@ def check_domain(name: str, meta: dict[str, Any], seq_len: int) -> None:
         if src["exhausted"]:
             warnings.warn(f"data.domains.{name}: source {src['hub_id'] or src['local_file']} ran out at "
                           f"{src['tokens']:,} of its {src['share']:,} tokens; the domain is short of its budget")
+    for reason, n in meta["skipped"].items():
+        if reason.startswith("longer than prepare.max_document_tokens"):
+            warnings.warn(f"data.domains.{name}: {n:,} document(s) skipped as {reason}; raise that setting to keep them")
     if meta["tokens"]["val"] < seq_len + 1:
         warnings.warn(f"data.domains.{name}: its val split has {meta['tokens']['val']:,} tokens, less than one window "
                       f"of data.seq_len + 1 = {seq_len + 1}; raise its token_budget or prepare.val_fraction")

@@ -146,6 +146,19 @@ def test_a_domain_of_few_long_documents_still_gets_a_val_split(tmp_path, setup):
     assert meta["documents"]["val"] >= 1
 
 
+def test_one_huge_record_is_skipped_by_name_and_never_fills_a_split(tmp_path, setup):
+    cfg = setup(tmp_path / "out", budget=3000, val_fraction=0.1)
+    cfg.prepare.max_document_tokens = 400
+    path = Path(cfg.data.local_root) / "math" / "gsm8k.jsonl"
+    huge = {"question": "What is the sum? " + "one plus two " * 2000, "answer": "#### 3"}  # ~4,000+ tokens
+    path.write_text(json.dumps(huge) + "\n" + path.read_text())
+    with pytest.warns(UserWarning, match=r"data.domains.math: 1 document\(s\) skipped as longer than "
+                                         r"prepare.max_document_tokens \(400 tokens\)"):
+        meta = prepare(cfg)["math"]
+    assert meta["skipped"] == {"longer than prepare.max_document_tokens (400 tokens)": 1}
+    assert meta["tokens"]["val"] <= 0.1 * 3000 + 400 and meta["tokens"]["train"] <= 3000 + 400  # budgets hold
+
+
 def test_a_domain_whose_sources_give_nothing_fails_naming_it(tmp_path, setup):
     cfg = setup(tmp_path / "out")
     (Path(cfg.data.local_root) / "math" / "gsm8k.jsonl").write_text("")
