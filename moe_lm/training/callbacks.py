@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 
 from moe_lm.data.text_lines import IGNORE_INDEX
 from moe_lm.model.counting import CPU_PEAK_FLOPS, PEAK_FLOPS, UNKNOWN_GPU_PEAK_FLOPS
@@ -48,6 +48,57 @@ class StepProgressBar(RichProgressBar):
             self.progress.update(self.train_progress_bar_id, completed=trainer.global_step, total=trainer.max_steps,
                                  description=self._get_train_description(trainer.current_epoch))
             self.refresh()
+
+
+def duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def interactive_terminal() -> bool:
+    """Whether stdout is a terminal that takes cursor movement (not a pipe, a file, or TERM=dumb as in a notebook)."""
+    from rich.console import Console
+
+    return Console().is_interactive
+
+
+class LineProgress(ProgressBar):
+    """Progress for output that is not an interactive terminal (a notebook, a log file, a pipe): a plain line every
+    `every` optimizer steps and one per validation, no cursor codes and no line twice."""
+
+    def __init__(self, every: int) -> None:
+        super().__init__()
+        self.every, self._enabled, self._last = max(1, every), True, -1
+        self._start: tuple[float, int] | None = None
+
+    @property
+    def is_enabled(self) -> bool:
+        return self._enabled
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._start = (time.perf_counter(), trainer.global_step)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step, end = trainer.global_step, trainer.max_steps
+        if not (self._enabled and trainer.is_global_zero) or step == self._last or (step % self.every and step != end):
+            return
+        self._last = step
+        t0, s0 = self._start or (time.perf_counter(), step)
+        rate = (step - s0) / max(time.perf_counter() - t0, 1e-9)
+        loss = trainer.callback_metrics.get("train/loss")
+        left = f", about {duration((end - step) / rate)} left" if rate > 0 and end > step else ""
+        print(f"step {step}/{end}" + (f"  train/loss {float(loss):.4f}" if loss is not None else "")
+              + f"  ({rate:.2f} steps/s{left})", flush=True)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        value = trainer.callback_metrics.get("val/loss")
+        if self._enabled and trainer.is_global_zero and not trainer.sanity_checking and value is not None:
+            print(f"step {trainer.global_step}: val/loss {float(value):.4f}", flush=True)
 
 
 class Throughput(L.Callback):

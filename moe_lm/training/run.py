@@ -26,7 +26,8 @@ from moe_lm.config import ConfigError, DomainsDataConfig, TrainConfig
 from moe_lm.data.files import DirectoryLock, link_or_copy, remove_stale_temporaries, write_json_atomic
 from moe_lm.data.pipelines import build_data
 from moe_lm.model.counting import param_breakdown, train_flops_per_token
-from moe_lm.training.callbacks import FirstBatchPrinter, HeldoutEval, LossCurve, StepProgressBar, Throughput
+from moe_lm.training.callbacks import (FirstBatchPrinter, HeldoutEval, LineProgress, LossCurve, StepProgressBar,
+                                      Throughput, interactive_terminal)
 from moe_lm.training.checkpointing import AtomicCheckpointIO, RunState, SaveOnSignal, StepCheckpoint, resolve_resume
 from moe_lm.training.distributed import lightning_strategy
 from moe_lm.training.init_from import load_init_weights, resolve_init
@@ -70,8 +71,9 @@ def build_callbacks(cfg: TrainConfig, out_dir: Path, module: MoELitModule, tok, 
     if ck.every_minutes:
         callbacks.append(StepCheckpoint(dirpath=str(ckdir), save_last=True, save_top_k=0,
                                         train_time_interval=timedelta(minutes=ck.every_minutes)))
-    if cfg.trainer.progress_bar:
-        callbacks.append(StepProgressBar(leave=True))
+    if cfg.trainer.progress_bar:  # a live bar in a terminal; plain lines, about 20 a run, elsewhere (a notebook, a log)
+        callbacks.append(StepProgressBar(leave=True) if interactive_terminal()
+                         else LineProgress(every=max(1, cfg.trainer.max_steps // 20)))
     return callbacks
 
 

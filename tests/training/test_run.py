@@ -54,6 +54,21 @@ def test_demo_output_ends_with_the_reproduced_count(tmp_path, capsys):
     assert out[i + 2] == "decoding 2 lines greedily from their first 8 tokens ..."
 
 
+def test_progress_outside_a_terminal_is_plain_lines(tmp_path, monkeypatch, capsys):
+    from moe_lm.training import run
+
+    monkeypatch.setattr(run, "interactive_terminal", lambda: False)  # a notebook, a pipe, a log file
+    cfg = compose(TINY + ["trainer.max_steps=4", "trainer.progress_bar=true", "trainer.val_check_interval=2",
+                          f"out_dir={tmp_path}"])
+    train(cfg, tmp_path)
+    out = capsys.readouterr().out
+    assert "\x1b[" not in out and "\r" not in out  # no cursor or colour codes
+    steps = [line.split()[1] for line in out.splitlines() if line.startswith("step ") and "train/loss" in line]
+    assert steps == ["1/4", "2/4", "3/4", "4/4"]  # each step once (max_steps // 20 rounds to every step)
+    vals = [line for line in out.splitlines() if line.startswith("step ") and "val/loss" in line]
+    assert [v.split(":")[0] for v in vals] == ["step 2", "step 4"]  # one line per validation
+
+
 def test_router_bias_updates_once_per_optimizer_step(tmp_path, monkeypatch):
     from moe_lm.model.transformer import MoETransformer
 
@@ -137,6 +152,7 @@ def test_progress_bar_counts_and_titles_optimizer_steps(tmp_path, monkeypatch):
     cfg = compose(TINY + ["trainer.max_steps=4", "trainer.accumulate_grad_batches=2", f"out_dir={tmp_path}",
                           "trainer.progress_bar=true"])
     monkeypatch.setattr(run, "StepProgressBar", lambda leave: bars[0])  # the run's own bar is the watched one
+    monkeypatch.setattr(run, "interactive_terminal", lambda: True)  # a terminal, as the live bar is for
     train(cfg, tmp_path)
     assert len(seen) == 8  # one entry per micro-batch
     assert seen[-1] == ("step 4/4", 4, 4)  # the title follows the optimizer step, not the epoch start
