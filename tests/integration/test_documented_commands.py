@@ -34,7 +34,7 @@ def notebook_commands(repo) -> list[str]:
     ns: dict = {}
     exec(next(c for c in cells if c.startswith("# Parameters")), ns)
     ns.update(shlex=shlex, RUN=f"{ns['ROOT']}/run1", TOK=f"{ns['ROOT']}/tokenizer/tokenizer.json",
-              SHARDS=f"{ns['ROOT']}/shards")
+              SHARDS=f"{ns['ROOT']}/shards", DEVICE="cpu", COMPILE="")
     return [re.sub(r"\{([^{}]+)\}", lambda m: str(eval(m[1], ns)), c) for c in commands("\n".join(cells))]
 
 

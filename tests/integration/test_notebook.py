@@ -89,7 +89,8 @@ def test_the_colab_notebook_runs_top_to_bottom_and_resumes_after_a_disconnect(tm
             if i == train:
                 killer = threading.Thread(target=kill_after_first_checkpoint, args=(run, killed))
                 killer.start()
-                client.execute_cell(cell, i)
+                with pytest.raises(nbclient.exceptions.CellExecutionError, match="failed with exit status"):
+                    client.execute_cell(cell, i)  # the killed command fails, and check() stops "Run all" there
                 killer.join()
                 assert killed, "the training run ended before it could be killed:\n" + text_of(cell)[-3000:]
                 assert not (run / "checkpoints" / "final.ckpt").exists()
@@ -107,3 +108,26 @@ def test_the_colab_notebook_runs_top_to_bottom_and_resumes_after_a_disconnect(tm
     assert len(shown) == 2  # the loss curve and the routing heatmap
     generated, inspected = text_of(nb.cells[-1]).split("token 0", 1)
     assert generated.strip() and inspected.count("| experts ") >= 2 * 5  # >= 5 prompt tokens x 2 MoE layers
+    plan = text_of(next(c for c in nb.cells if "recipe_plan" in c.source))
+    assert f"{STEPS} steps of" in plan and "passes" in plan  # what the run costs, before it runs
+    scores = text_of(next(c for c in nb.cells if "python -m moe_lm.evaluate" in c.source))
+    assert "own-expert hit rate" in scores and "(uniform 0.40, ceiling 1)" in scores  # read against chance
+    everything = "".join(text_of(c) for c in nb.cells if c.cell_type == "code")
+    assert "\x1b[" not in everything and len(everything) < 40_000, len(everything)  # quiet: no cursor codes
+
+
+def test_a_failing_command_stops_run_all(tmp_path, repo_root):
+    """The notebook's check() after a shell command raises when the command failed, so "Run all" stops there."""
+    nb = nbformat.read(repo_root / "experiments" / "colab.ipynb", as_version=4)
+    setup = next(c for c in nb.cells if "def check()" in c.source)
+    failing = nbformat.v4.new_code_cell("!python -m moe_lm.params model=moe_huge\ncheck()")
+    after = nbformat.v4.new_code_cell("print('never reached')")
+    nb.cells = [nbformat.v4.new_code_cell('ROOT = "/tmp"\nREPO = ""'), setup, failing, after]
+    client = nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
+                                     resources={"metadata": {"path": str(repo_root)}})
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    with pytest.raises(nbclient.exceptions.CellExecutionError, match="failed with exit status 2"):
+        with client.setup_kernel(env=env):
+            for i, cell in enumerate(nb.cells):
+                client.execute_cell(cell, i)
+    assert "error: model: no option 'moe_huge'" in text_of(nb.cells[2]) and not nb.cells[3].get("outputs")
