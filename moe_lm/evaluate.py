@@ -21,8 +21,8 @@ from typing import Any, Sequence
 from moe_lm.cli import run_command
 from moe_lm.config import ConfigError, EvaluateConfig
 
-EXAMPLE = ("python -m moe_lm.evaluate ckpt=runs/overfit_100_lines/checkpoints/final.ckpt "
-           "data.local_root=../shared/data data.max_documents=20")
+EXAMPLE = ("python -m moe_lm.evaluate ckpt=runs/domains_tiny/checkpoints/final.ckpt "
+           "data.shards=runs/domains_tiny/shards")  # the val split: held out from training by prepare
 
 
 def out_dir(cfg: EvaluateConfig) -> Path:
@@ -94,8 +94,10 @@ def lm_task(cfg: EvaluateConfig, model, tok, out: Path) -> dict[str, Any]:
         names = [r["domain"] for r in results]
         report["routing"] = {"shares": shares(counts.sum(0)).tolist(), "experts": experts,
                              "specialisation": specialisation_metrics(counts, top1, names, experts)}
+        source = f"the val split of {cfg.data.shards}" if cfg.data.shards else f"the text under {cfg.data.local_root}"
         heatmap = routing_heatmap(shares(counts.sum(0)), names, str(out), 0, experts, path=out / "routing_heatmap.png",
-                                  title="share of each domain's evaluated tokens per expert")
+                                  title="share of each domain's evaluated tokens per expert",
+                                  ylabel=f"domain ({source})")
         spec = report["routing"]["specialisation"]
         if "own_share" in spec:
             md += f"\n\nrouting: {spec_line(spec, model.cfg.n_routed_experts, model.cfg.top_k)} (heatmap: {heatmap})"

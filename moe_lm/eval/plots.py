@@ -44,13 +44,13 @@ def matrix_heatmap(values: torch.Tensor, rows: list[str], experts: Optional[Sequ
 
 def routing_heatmap(frac: torch.Tensor, domains: list[str], out_dir: str, step: int,
                     experts: Optional[Sequence[Optional[int]]] = None, path: Optional[Path] = None,
-                    title: Optional[str] = None) -> Path:
+                    title: Optional[str] = None, ylabel: str = "domain (validation tokens)") -> Path:
     """frac: (domains, experts) share of each domain's token slots per expert -> PNG path (default
     `<out_dir>/routing/heatmap_step<step>.png`). `experts[d]`, the expert mapped to domain d (or None), is
     outlined in its row."""
     path = path or Path(out_dir) / "routing" / f"heatmap_step{step:07d}.png"
     return matrix_heatmap(frac, domains, experts, path, title or f"share of each domain's tokens per expert (step {step})",
-                          vmax=max(0.5, float(frac.max())), ylabel="domain (validation tokens)")
+                          vmax=max(0.5, float(frac.max())), ylabel=ylabel)
 
 
 def loss_curve(train: list[tuple[int, float]], val: dict[str, list[tuple[int, float]]], path: Path,

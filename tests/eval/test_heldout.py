@@ -115,10 +115,18 @@ def test_gsm8k_task_end_to_end_on_hand_made_records(tiny_ckpt, tmp_path, capsys)
     assert "gsm8k 1-shot:" in capsys.readouterr().out
 
 
-def test_evaluate_reads_the_val_split_of_prepared_shards_and_lists_expert_vocabularies(tiny_ckpt, tmp_path, capsys):
+def test_evaluate_reads_the_val_split_of_prepared_shards_and_lists_expert_vocabularies(tiny_ckpt, tmp_path, capsys,
+                                                                                      monkeypatch):
     """data.shards: the val tokens themselves are scored (the same loss as the text they came from), refused
-    when made with another tokenizer; the vocabulary view counts every routed slot once per layer."""
+    when made with another tokenizer; the vocabulary view counts every routed slot once per layer; the heatmap's
+    axis names what was scored."""
     import numpy as np
+
+    from moe_lm.eval import plots
+
+    drawn = []
+    heatmap = plots.matrix_heatmap
+    monkeypatch.setattr(plots, "matrix_heatmap", lambda *a, **k: drawn.append(k) or heatmap(*a, **k))
 
     from moe_lm.data.bpe import tokenizer_hash
     from moe_lm.io.checkpoint import load_model
@@ -141,6 +149,7 @@ def test_evaluate_reads_the_val_split_of_prepared_shards_and_lists_expert_vocabu
     assert len(vocab) == model.cfg.n_routed_experts
     assert sum(t["count"] for e in vocab for t in e) <= 2 * (len(ids) - 1) * L * K
     assert "hit rate" in capsys.readouterr().out
+    assert drawn[-1]["ylabel"] == f"domain (the val split of {tmp_path / 'shards'})"  # title and axis agree
     (tmp_path / "shards" / "code" / "meta.json").write_text(json.dumps(
         {"dtype": "uint16", "tokenizer_hash": "0" * 16, "documents": {"val": 3}}))
     with pytest.raises(SystemExit):
