@@ -17,7 +17,7 @@ def commands(text: str) -> list[str]:
     found = []
     for line, after in zip(lines, lines[1:]):
         m = re.search(r"python -m moe_lm\.\w+[^`#;]*", line)  # up to a comment or the shell's next command
-        if m and not (line.lstrip().startswith("$") and after.startswith(("error:", "Could not override"))):
+        if m and not (line.lstrip().startswith("$") and after.startswith("error:")):
             found.append(m.group(0))
     return found
 
