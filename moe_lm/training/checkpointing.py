@@ -168,6 +168,15 @@ class RunState(L.Callback):
             if type(logger).__name__ == "WandbLogger":
                 checkpoint["wandb_run_id"] = logger.version
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        """Metric rows are labelled by the loop's count of optimizer steps, which Lightning advances by one when it
+        restarts from a checkpoint (it assumes a save before the count moved); a checkpoint written after a
+        finished run's last step had already moved it, and an extended run's rows came out one step late. The
+        count is the optimizer step, set before the first batch's rows are logged."""
+        loop = trainer.fit_loop.epoch_loop
+        if getattr(loop, "_batches_that_stepped", trainer.global_step) != trainer.global_step:
+            loop._batches_that_stepped = trainer.global_step
+
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         if "rng" in checkpoint:
             torch.set_rng_state(checkpoint["rng"]["torch"])

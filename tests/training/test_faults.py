@@ -186,3 +186,20 @@ def test_padded_micro_batches_accumulate_to_the_gradient_of_one_batch(tmp_path):
     for n, p in module.named_parameters():
         if p.grad is not None:
             torch.testing.assert_close(accumulated[n], p.grad, atol=1e-6, rtol=1e-5, msg=n)
+
+
+def test_extending_a_finished_run_logs_each_new_row_under_its_step(tmp_path):
+    """A finished run resumed with a larger trainer.max_steps: its rows continue at the next step, as the rows of
+    one run of that length would (the lines data: an epoch-based loader)."""
+    import csv
+
+    from moe_lm.cli import compose as compose_cfg
+
+    tiny = ["model=moe_tiny", "model.vocab_size=2048", "precision=fp32", "trainer.progress_bar=false",
+            "logger.csv=true", "trainer.log_every_n_steps=1", "trainer.val_check_interval=1", f"out_dir={tmp_path}"]
+    train(compose_cfg(tiny + ["trainer.max_steps=3"]), tmp_path)
+    train(compose_cfg(tiny + ["trainer.max_steps=5", "checkpoint.resume=auto"]), tmp_path)
+    with open(tmp_path / "csv" / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows if r.get("train/loss")] == [0, 1, 2, 3, 4]
+    assert [int(r["step"]) for r in rows if r.get("val/loss")] == [0, 1, 2, 3, 4]
