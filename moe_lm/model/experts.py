@@ -76,6 +76,24 @@ def grouped_mm_supported(x: torch.Tensor, widths: tuple[int, ...]) -> bool:
     return all(w * dtype.itemsize % 16 == 0 for w in widths)
 
 
+# model.moe_impl=auto on CUDA: the path measured fastest per (compute capability major, dtype) with
+# experiments/bench_moe_block.py (docs/performance.md): grouped_mm on sm90 in bf16 (H200 and H100: 4.04 ms against
+# bmm 4.64 and the loop 5.87 at 16k tokens). A GPU never measured (sm80 A100, sm75 T4, ...) gets the per-expert
+# loop: it runs in every dtype on every device, where torch's grouped GEMM has a fast kernel only on sm90.
+MEASURED_CUDA_DISPATCH = {(9, torch.bfloat16): "grouped_mm"}
+
+
+def auto_dispatch(x: torch.Tensor, widths: tuple[int, ...]) -> str:
+    """What model.moe_impl=auto runs for an input like x: the measured choice where the operands allow it, else
+    the loop. The CPU takes grouped_mm where it can (as fast as the loop, and no graph break under compile)."""
+    if not grouped_mm_supported(x, widths):
+        return "loop"
+    if x.device.type == "cuda":
+        major = torch.cuda.get_device_capability(x.device)[0]
+        return MEASURED_CUDA_DISPATCH.get((major, compute_dtype(x)), "loop")
+    return "grouped_mm"
+
+
 class RoutedExperts(nn.Module):
     """E gated MLPs stored as stacked weights. Three ways to run them (model.moe_impl), equal to fp tolerance:
 
@@ -113,7 +131,7 @@ class RoutedExperts(nn.Module):
     def resolved_impl(self, x: torch.Tensor) -> str:
         widths = (self.down_proj.shape[1], self.down_proj.shape[2])  # D, I
         if self.impl == "auto":
-            return "grouped_mm" if grouped_mm_supported(x, widths) else "loop"
+            return auto_dispatch(x, widths)
         if self.impl == "grouped_mm" and not grouped_mm_supported(x, widths):
             raise ValueError(f"model.moe_impl: grouped_mm does not run on {x.device.type} in {compute_dtype(x)} "
                              f"with d_model, moe_intermediate_size = {widths} (needs CUDA sm80+ in bf16 or CPU, and "

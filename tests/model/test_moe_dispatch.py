@@ -115,16 +115,35 @@ def test_the_loop_path_does_break_the_graph(make_model_cfg):
     torch._dynamo.reset()
 
 
+@pytest.mark.parametrize("capability,want", [((9, 0), "grouped_mm"), ((8, 0), "loop"), ((7, 5), "loop")])
+def test_auto_on_cuda_follows_the_measured_table_and_is_the_loop_where_unmeasured(capability, want, monkeypatch):
+    """sm90 in bf16 was measured (grouped_mm fastest); an unmeasured GPU gets the loop, which runs everywhere.
+    The device is faked: the table's decision is what is tested, not the kernels."""
+    from moe_lm.model import experts
+
+    monkeypatch.setattr(experts, "grouped_mm_supported", lambda x, widths: capability >= (8, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    fake = type("FakeCuda", (), {"device": torch.device("cuda"), "dtype": torch.bfloat16})()
+    monkeypatch.setattr(experts, "compute_dtype", lambda t: torch.bfloat16)
+    assert experts.auto_dispatch(fake, (64, 32)) == want
+
+
 def _sm80() -> bool:
     return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0)
 
 
 @pytest.mark.skipif(not _sm80(), reason="needs a CUDA GPU of compute capability 8.0 or newer (none here)")
 def test_auto_runs_grouped_mm_on_cuda_in_bf16_and_matches_the_loop(make_model_cfg):
-    ref, other = _pair(make_model_cfg, "auto", d_model=64, moe_intermediate_size=32)
+    """grouped_mm equals the loop on any sm80+ GPU; auto picks it where the table measured it fastest (sm90)."""
+    from moe_lm.model.experts import MEASURED_CUDA_DISPATCH
+
+    ref, other = _pair(make_model_cfg, "grouped_mm", d_model=64, moe_intermediate_size=32)
     ref, other = ref.cuda(), other.cuda()
+    auto = MoE(make_model_cfg(moe_impl="auto", d_model=64, moe_intermediate_size=32)).cuda()
     x = torch.randn(256, 64, device="cuda")
+    major = torch.cuda.get_device_capability()[0]
     with torch.autocast("cuda", dtype=torch.bfloat16):
+        assert auto.experts.resolved_impl(x) == MEASURED_CUDA_DISPATCH.get((major, torch.bfloat16), "loop")
         assert other.experts.resolved_impl(x) == "grouped_mm"
         y_ref, y = ref(x)[0], other(x)[0]
     torch.testing.assert_close(y.float(), y_ref.float(), atol=2e-2, rtol=2e-2)
