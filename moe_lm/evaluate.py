@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 from moe_lm.cli import run_command
 from moe_lm.config import ConfigError, EvaluateConfig
+from moe_lm.data.files import write_text_atomic
 
 EXAMPLE = ("python -m moe_lm.evaluate ckpt=runs/domains_tiny/checkpoints/final.ckpt "
            "data.shards=runs/domains_tiny/shards")  # the val split: held out from training by prepare
@@ -106,7 +107,7 @@ def lm_task(cfg: EvaluateConfig, model, tok, out: Path) -> dict[str, Any]:
             report["routing"]["vocabulary"] = vocab
             owners = {e: n for n, e in zip(names, experts) if e is not None}
             md += "\n\n" + expert_vocab.markdown(vocab, owners)
-    (out / "eval.md").write_text(md + "\n")
+    write_text_atomic(out / "eval.md", md + "\n")
     print(md)
     return report
 
@@ -121,7 +122,7 @@ def knockout_task(cfg: EvaluateConfig, model, tok, out: Path) -> dict[str, Any]:
     path = knockout.heatmap(result, out / "knockout_heatmap.png",
                             f"loss rise (%) per domain when one expert is removed\n({source})")
     md = knockout.markdown(result) + f"\n\nheatmap: {path}"
-    (out / "eval.md").write_text(md + "\n")
+    write_text_atomic(out / "eval.md", md + "\n")
     print(md)
     return {"task": "knockout", "ckpt": cfg.ckpt, "context": context, "stride": stride, "precision": cfg.precision,
             "source": source, **result}
@@ -155,7 +156,7 @@ def main(cfg: EvaluateConfig) -> None:
     out.mkdir(parents=True, exist_ok=True)
     task = {"lm": lm_task, "knockout": knockout_task, "gsm8k": gsm8k_task}[cfg.task]
     report = task(cfg, model, tok, out)
-    (out / "eval.json").write_text(json.dumps(report, indent=2))
+    write_text_atomic(out / "eval.json", json.dumps(report, indent=2))
     print(f"wrote {out / 'eval.json'}")
 
 
