@@ -17,7 +17,7 @@ EXAMPLE = "python -m moe_lm.export ckpt=runs/overfit_100_lines/checkpoints/final
 
 
 def main(cfg: ExportConfig) -> None:
-    from moe_lm.io.export import export_checkpoint
+    from moe_lm.io.hf_export import export_checkpoint
 
     files = export_checkpoint(cfg.ckpt, cfg.out, cfg.dtype, cfg.max_shard_mb)
     print(f"wrote {cfg.out}: {', '.join(files)}")

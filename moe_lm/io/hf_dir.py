@@ -1,4 +1,4 @@
-"""HF model directories: write one from a model (`python -m moe_lm.export`, moe_lm/io/export.py), read one back.
+"""HF model directories: write one from a model (`python -m moe_lm.export`, moe_lm/io/hf_export.py), read one back.
 
 A directory holds what `AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained` read:
 config.json (DeepseekV3 or DeepseekV2, moe_lm/model/hf_mapping.py), model.safetensors (or shards and an index
