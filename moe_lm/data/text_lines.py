@@ -181,5 +181,9 @@ class TextLinesDataModule(L.LightningDataModule):
                           persistent_workers=self.cfg.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.eval_set, batch_size=self.cfg.batch_size,
-                          collate_fn=partial(collate, pad_id=self.pad_id), num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0)
+        return self.eval_dataloader(self.cfg.batch_size)
+
+    def eval_dataloader(self, batch_size: int) -> DataLoader:
+        """The evaluation set in order, `batch_size` samples a batch (padding is ignored by the loss)."""
+        return DataLoader(self.eval_set, batch_size=batch_size, collate_fn=partial(collate, pad_id=self.pad_id),
+                          num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0)

@@ -16,12 +16,13 @@ from moe_lm.model import MoETransformer
 
 
 @torch.no_grad()
-def full_pass_loss(model: MoETransformer, dm: TextLinesDataModule) -> float:
-    """Token-weighted mean cross-entropy over the whole training set, model in eval mode."""
+def full_pass_loss(model: MoETransformer, dm: TextLinesDataModule, batch_size: int = 16) -> float:
+    """Token-weighted mean cross-entropy over the whole training set, model in eval mode (in fp32, `batch_size`
+    samples a forward: the demo's batch of 1 would make this pass take as long as ~60 training steps)."""
     model.eval()
     device = next(model.parameters()).device
     total, count = 0.0, 0
-    for batch in dm.val_dataloader():
+    for batch in dm.eval_dataloader(batch_size):
         valid = batch["targets"] != IGNORE_INDEX
         targets = batch["targets"][valid].to(device)
         out = model(batch["input_ids"].to(device), logits_at=valid.to(device), targets=targets)

@@ -22,6 +22,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from moe_lm.config import ModelConfig
 from moe_lm.errors import CheckpointError
 from moe_lm.io.checkpoint import model_config_from, read_checkpoint
+from moe_lm.training.loggers import write_pending_row
 
 RESUME_KEY = "checkpoint.resume"
 
@@ -105,19 +106,32 @@ class StepBoundary:
 
 class StepCheckpoint(ModelCheckpoint):
     """ModelCheckpoint that saves from a training batch only at an optimizer-step boundary: a wall-clock save that
-    falls due mid-accumulation waits for the step to finish (Lightning's would save half a step)."""
+    falls due mid-accumulation waits for the step to finish (Lightning's would save half a step). A save due at a
+    step that validates waits for the validation's end: a run resumed from it never skips a validation whose rows
+    were not yet written."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, enable_version_counter=False, **kwargs)  # never last-v1.ckpt beside last.ckpt
         self.boundary = StepBoundary()
+        self._after_validation = False
 
     def on_train_start(self, trainer, pl_module) -> None:
         super().on_train_start(trainer, pl_module)
         self.boundary.start(trainer)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.boundary.reached(trainer):
+        if not self.boundary.reached(trainer):
+            return
+        if trainer.fit_loop.epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher):
+            self._after_validation = True
+        else:
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._after_validation:  # the same decision (every N steps, every M minutes) at the same step
+            self._after_validation = False
+            super().on_train_batch_end(trainer, pl_module, None, None, 0)
+        super().on_validation_end(trainer, pl_module)
 
 
 class SaveOnSignal(L.Callback):
@@ -148,9 +162,9 @@ class SaveOnSignal(L.Callback):
             signum = int(trainer.strategy.reduce(flag, reduce_op=torch.distributed.ReduceOp.MAX))
         if signum:
             self.stopped_by = signum
+            trainer.should_stop = True  # before the save: the step's row is then due, and written first
             trainer.save_checkpoint(str(self.path), weights_only=False)
             pl_module.print(f"signal {signal.Signals(signum).name}: saved {self.path}, stopping")
-            trainer.should_stop = True
 
     def on_train_end(self, trainer, pl_module) -> None:
         for sig, prev in self._previous.items():
@@ -161,6 +175,7 @@ class RunState(L.Callback):
     """RNG state and the wandb run id travel in checkpoints, so a resumed run continues both."""
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        write_pending_row(trainer)  # the step's metric row is on disk before the checkpoint naming the step
         checkpoint["rng"] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()

@@ -1,5 +1,6 @@
 """Loggers of a run: CSV (continued across resumes) and wandb (the same run across resumes), both given the
-resolved config as hyper-parameters."""
+resolved config as hyper-parameters. No checkpoint names a step whose CSV row is not on disk (write_pending_row).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.fabric.utilities.apply_func import convert_tensors_to_scalars
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
@@ -43,6 +45,23 @@ class ContinuingCSVLogger(CSVLogger):
     def __init__(self, *args: Any, resume_step: Optional[int] = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.resume_step = resume_step
+        self._written: tuple[int, dict[str, Any]] | None = None  # a step's values already written ahead of time
+
+    def log_metrics(self, metrics: dict[str, Any], step: Optional[int] = None) -> None:
+        """A row for a step whose values were written ahead (write_now) carries only the values not yet written."""
+        if self._written is not None and step == self._written[0]:
+            metrics = {k: v for k, v in metrics.items() if self._written[1].get(k, object()) != v}
+            if not metrics:
+                return
+        else:
+            self._written = None
+        super().log_metrics(metrics, step)
+
+    def write_now(self, metrics: dict[str, Any], step: int) -> None:
+        """Write and flush a row now; the same values logged later for this step are then not written again."""
+        self.log_metrics(metrics, step)
+        self.save()
+        self._written = (step, {**(self._written[1] if self._written else {}), **metrics})
 
     @property
     @rank_zero_experiment
@@ -52,6 +71,29 @@ class ContinuingCSVLogger(CSVLogger):
             self._experiment = (ExperimentWriter(self.log_dir) if self.resume_step is None
                                 else ContinuingWriter(self.log_dir, self.resume_step))
         return self._experiment
+
+
+def write_pending_row(trainer) -> None:
+    """Write the just-finished optimizer step's CSV row, if it is due, before a checkpoint of that step is saved.
+
+    Lightning saves checkpoints in the on_train_batch_end hooks and logs the step's row only after them, so a
+    process killed between the two resumed past a row that was never written. Called from on_save_checkpoint; does
+    nothing outside that window (after fit, or mid-accumulation)."""
+    loop = trainer.fit_loop.epoch_loop
+    progress = loop.batch_progress.total
+    if progress.processed != progress.completed + 1 or loop._should_accumulate():
+        return
+    connector = trainer._logger_connector
+    if not (connector.should_update_logs or trainer.fast_dev_run):
+        return
+    metrics = convert_tensors_to_scalars(connector.metrics["log"])  # as Lightning's own log_metrics will log them
+    step = metrics.pop("step", None)
+    if step is None:
+        metrics.setdefault("epoch", trainer.current_epoch)
+        step = loop._batches_that_stepped
+    for logger in trainer.loggers:
+        if isinstance(logger, ContinuingCSVLogger) and metrics:
+            logger.write_now(metrics, int(step))
 
 
 def build_loggers(cfg: TrainConfig, out_dir: Path, resume_from: Optional[str] = None) -> list:

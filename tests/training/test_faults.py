@@ -203,3 +203,35 @@ def test_extending_a_finished_run_logs_each_new_row_under_its_step(tmp_path):
         rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows if r.get("train/loss")] == [0, 1, 2, 3, 4]
     assert [int(r["step"]) for r in rows if r.get("val/loss")] == [0, 1, 2, 3, 4]
+
+
+def test_a_kill_just_after_a_checkpoint_loses_no_metric_row(shards_run, tmp_path, monkeypatch):
+    """What a SIGKILL leaves a moment after step 2's checkpoint is written (that checkpoint, the metrics file as it
+    is then): resumed from there, the run has the rows of an uninterrupted run, each step's once."""
+    import csv
+    import shutil
+
+    from moe_lm.training.checkpointing import AtomicCheckpointIO
+
+    cfg, _ = shards_run
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    save = AtomicCheckpointIO.save_checkpoint
+
+    def save_then_snapshot(self, checkpoint, path, storage_options=None):
+        save(self, checkpoint, path, storage_options)
+        if checkpoint["global_step"] == 2 and not killed.exists():
+            shutil.copytree(full, killed, ignore=shutil.ignore_patterns(".lock"))
+
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", save_then_snapshot)
+    common = ["logger.csv=true", "trainer.val_check_interval=1", "checkpoint.every_n_steps=2", "trainer.max_steps=4"]
+    train(cfg(*common, f"out_dir={full}"), full)
+    assert [torch.load(p, weights_only=True)["global_step"] for p in (killed / "checkpoints").glob("*.ckpt")] == [2]
+    train(cfg(*common, "checkpoint.resume=auto", f"out_dir={killed}"), killed)
+
+    def rows(out, key):
+        with open(out / "csv" / "metrics.csv", newline="") as f:
+            return [int(r["step"]) for r in csv.DictReader(f) if r.get(key)]
+
+    for key in ("train/loss", "moe/load_cv", "val/loss"):
+        assert rows(full, key) == [0, 1, 2, 3], key
+        assert rows(killed, key) == rows(full, key), key
