@@ -6,6 +6,7 @@ Composes conf/config.yaml, validates it (moe_lm/config/) before any work, and ru
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -17,13 +18,14 @@ from moe_lm.cli import check_command_line, conf_dir, debug_requested, plain_warn
 from moe_lm.config import DomainsDataConfig, register_configs
 
 register_configs()
+STARTED = time.perf_counter()  # the wall time printed at the end counts from here (imports so far: ~0.4 s)
 
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
 def main(dcfg: DictConfig) -> float | None:
     with reported_errors():  # bad input or divergence: one line, no traceback (--debug shows it)
         cfg = validate(dcfg)  # all cross-field checks, before any work
-        from moe_lm.training.run import train
+        from moe_lm.training.run import launching_process, train
 
         hc = HydraConfig.get()
         if hc.mode == RunMode.MULTIRUN:  # a multirun sweep is one wandb group, each run named by its overrides
@@ -33,6 +35,9 @@ def main(dcfg: DictConfig) -> float | None:
         domains = (validate(hydra.compose("config", ["data=domains"])).data if cfg.eval.heldout_root and
                    not isinstance(cfg.data, DomainsDataConfig) else None)
         result = train(cfg, cfg.out_dir or hc.runtime.output_dir, hc.runtime.choices.get("experiment") or "", domains)
+        if launching_process():
+            minutes, seconds = divmod(round(time.perf_counter() - STARTED), 60)
+            print(f"wall time {minutes} min {seconds:02d} s since the command started")
     return result.get("final_train_loss")
 
 

@@ -3,6 +3,7 @@
 each step once. A second run started on the same directory meanwhile is refused and leaves the first intact."""
 
 import csv
+import re
 import signal
 import subprocess
 import sys
@@ -35,6 +36,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly_then_auto_resumes(tmp_path
     done = subprocess.run(args + [f"trainer.max_steps={step + 3}"], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert f"resuming from {last}" in done.stdout
+    assert re.search(r"^wall time \d+ min \d\d s since the command started$", done.stdout.splitlines()[-1])
     assert torch.load(last, weights_only=True)["global_step"] == step + 3
     assert sorted(p.name for p in last.parent.iterdir()) == ["final.ckpt", "last.ckpt"]  # no last-v1.ckpt
     with open(tmp_path / "csv" / "metrics.csv", newline="") as f:
