@@ -1,14 +1,15 @@
 """Train-step time: moe_100m against a dense model with the same active parameters per token, eager and compiled.
 
     python experiments/bench_train_step.py [--batch 8] [--seq 256] [--reps 5] [--compile] [--chunked 256,1024]
-        [--fp16] [--json PATH]
+        [--fp16] [--shapes 1x256,2x64] [--json PATH]
 
 Full optimizer steps (forward, fused LM head + cross-entropy, backward, clip, fused AdamW, router-bias step) on
 random tokens, every model in this process, timed in interleaved rounds (moe, dense, moe, dense, ...). Prints
 median and spread per model, tokens/s and MFU (against the device peak, moe_lm.training.callbacks), and the
 ratios the performance goals are stated in. --chunked adds eager moe_100m with the cross-entropy taken in chunks of
 that many tokens (trainer.ce_chunk_size), to weigh a default for it. --fp16: fp16 autocast with a grad scaler
-and the unfused AdamW (the T4 recipe's path). On CUDA each case's peak memory is measured on one more step.
+and the unfused AdamW (the T4 recipe's path). --shapes adds eager moe_100m at other batch x seq_len shapes,
+timed in the same rounds (the demo's choice of window). On CUDA each case's peak memory is measured on one more step.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from moe_lm.training.callbacks import device_peak_flops
 
 
 def make_step(preset: str, args, device: torch.device, compiled: bool = False, moe_impl: str = "",
-              ce_chunk_size: int | None = None):
-    cfg = compose([f"model={preset}", f"data.seq_len={args.seq}"]).model
+              ce_chunk_size: int | None = None, shape: tuple[int, int] | None = None):
+    batch, seq = shape or (args.batch, args.seq)
+    cfg = compose([f"model={preset}", f"data.seq_len={seq}"]).model
     if moe_impl:
         cfg = dataclasses.replace(cfg, moe_impl=moe_impl)
     torch.manual_seed(0)
@@ -37,7 +39,7 @@ def make_step(preset: str, args, device: torch.device, compiled: bool = False, m
     fp16 = args.precision == "fp16"  # with a grad scaler and the unfused AdamW, as training runs it
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=not fp16)
     scaler = torch.amp.GradScaler(device.type, enabled=fp16)
-    x = torch.randint(0, cfg.vocab_size, (args.batch, args.seq + 1), device=device)
+    x = torch.randint(0, cfg.vocab_size, (batch, seq + 1), device=device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
     amp = torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
     chunk = args.ce_chunk_size if ce_chunk_size is None else ce_chunk_size
@@ -59,7 +61,7 @@ def make_step(preset: str, args, device: torch.device, compiled: bool = False, m
 
     parts = param_breakdown(model, cfg)
     return step, {"total": parts["total"], "active": parts["active_per_token"],
-                  "flops_per_token": train_flops_per_token(cfg, parts, args.seq)}, model
+                  "flops_per_token": train_flops_per_token(cfg, parts, seq), "tokens": batch * seq}, model
 
 
 def main() -> None:
@@ -73,18 +75,22 @@ def main() -> None:
     ap.add_argument("--chunked", default="", help="also time eager moe_100m with these ce_chunk_size values, e.g. 256")
     ap.add_argument("--peak-flops", type=float, default=None, help="device peak FLOP/s for MFU")
     ap.add_argument("--fp16", action="store_true", help="fp16 autocast with a grad scaler (a T4's path), not bf16")
+    ap.add_argument("--shapes", default="", help="also time eager moe_100m at these BxT shapes, e.g. 1x256,2x64")
     args = ap.parse_args()
     if args.fp16:
         args.precision = "fp16"
     device = torch.device(args.device)
     cases, info = {}, {}
-    for name, preset, compiled, impl, chunk in \
-            [("moe_100m", "moe_100m", False, "", None), ("dense_100m", "dense_100m", False, "", None)] + \
-            [(f"moe_100m {i}", "moe_100m", False, i, None) for i in args.impls.split(",") if i] + \
-            [(f"moe_100m ce chunks of {c}", "moe_100m", False, "", int(c)) for c in args.chunked.split(",") if c] + \
-            ([("moe_100m compiled", "moe_100m", True, "", None), ("dense_100m compiled", "dense_100m", True, "", None)]
-             if args.compile else []):
-        cases[name], info[name], _ = make_step(preset, args, device, compiled, impl, chunk)
+    shapes = [tuple(map(int, s.split("x"))) for s in args.shapes.split(",") if s]
+    for name, preset, compiled, impl, chunk, shape in \
+            [("moe_100m", "moe_100m", False, "", None, None), ("dense_100m", "dense_100m", False, "", None, None)] + \
+            [(f"moe_100m {i}", "moe_100m", False, i, None, None) for i in args.impls.split(",") if i] + \
+            [(f"moe_100m ce chunks of {c}", "moe_100m", False, "", int(c), None)
+             for c in args.chunked.split(",") if c] + \
+            [(f"moe_100m {b}x{t}", "moe_100m", False, "", None, (b, t)) for b, t in shapes] + \
+            ([("moe_100m compiled", "moe_100m", True, "", None, None),
+              ("dense_100m compiled", "dense_100m", True, "", None, None)] if args.compile else []):
+        cases[name], info[name], _ = make_step(preset, args, device, compiled, impl, chunk, shape)
     print(f"device: {device_name(device)}; batch {args.batch} x {args.seq}, {args.precision}, "
           f"{args.reps} interleaved rounds after {args.warmup} warm-up (compiling happens in the warm-up)\n")
     times = interleaved(cases, args.reps, args.warmup, device)
@@ -98,7 +104,7 @@ def main() -> None:
             cases[name]()
             torch.cuda.synchronize(device)
             s["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
-        s["tok_s"] = args.batch * args.seq / s["median_s"]
+        s["tok_s"] = info[name]["tokens"] / s["median_s"]
         s["mfu"] = s["tok_s"] * info[name]["flops_per_token"] / peak
         s.update(info[name])
         print(f"| {name} | {s['total'] / 1e6:.1f}M | {s['active'] / 1e6:.1f}M | {s['tok_s']:,.0f} | "
