@@ -2,29 +2,36 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 PYTEST := $(PY) -m pytest
 export HF_DATASETS_OFFLINE ?= 1
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: install demo test test-full bench params clean
+.PHONY: install install-dev demo test test-full bench params clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	@# Without a CUDA GPU, take the CPU build of torch first (a plain `torch` resolves to a multi-GB CUDA build).
 	if ! nvidia-smi -L >/dev/null 2>&1; then $(PY) -m pip install -q torch==2.13.0; fi
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e .
 	touch $(STAMP)
 
-install: $(STAMP)
+$(DEV_STAMP): $(STAMP)  ## the test extra (pytest, transformers, the notebook runner) on top
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(DEV_STAMP)
+
+install: $(STAMP)  ## what the commands need
+
+install-dev: $(DEV_STAMP)  ## and what the tests need
 
 demo: install  ## moe_100m memorises 100 lines, then greedy-decodes 10 of them
 	$(PY) -m moe_lm.train +experiment=overfit_100_lines
 
-test: install  ## fast tier (CPU, tiny configs)
+test: install-dev  ## fast tier (CPU, tiny configs)
 	$(PYTEST) -m "not slow" -q
 
-test-full: install  ## everything, slow tier included
+test-full: install-dev  ## everything, slow tier included
 	$(PYTEST) -q
 
 BENCH_OUT ?= runs/bench
