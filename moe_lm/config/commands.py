@@ -51,6 +51,10 @@ class TrainConfig:
                    f"{self.data.batch_size} is the global batch; it must divide evenly over {world} processes")
         _check(self.data.seq_len <= self.model.max_seq_len, "data.seq_len",
                f"{self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}")
+        _check(not (self.trainer.compile and self.trainer.compile_mode in ("reduce-overhead", "max-autotune")
+                    and self.model.moe_impl == "loop"), "trainer.compile_mode",
+               f"{self.trainer.compile_mode} replays the step as a CUDA graph, which cannot hold model.moe_impl=loop's "
+               f"host reads; use model.moe_impl=capacity, grouped_mm or bmm")
         r = self.routing
         if r.warm_steps_needed or r.router_init != "random":
             key = ("routing.warm_routing" if r.warm_routing != "learned" else

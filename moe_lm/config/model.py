@@ -46,8 +46,11 @@ class ModelConfig:
     # FFN: swiglu | geglu (gated) | gelu | learned_gelu (one up projection; learned_gelu learns a per-channel
     # scale and shift before the GELU). "silu" is read as swiglu (older configs).
     activation: str = "swiglu"
-    # how the routed experts run (same outputs): auto | loop | grouped_mm | bmm (moe_lm/model/experts.py)
+    # how the routed experts run (same outputs): auto | loop | grouped_mm | bmm | capacity (moe_lm/model/experts.py)
     moe_impl: str = "auto"
+    # moe_impl=capacity: each expert takes at most C = ceil(capacity_factor * N * top_k / n_routed_experts) of a
+    # training batch's N tokens (first choices before second ones); null: C = N, which drops nothing
+    capacity_factor: Optional[float] = None
     # load balancing, each switchable
     use_aux_loss: bool = True  # switch/GShard loss over all tokens of the batch
     aux_loss_coef: float = 0.01
@@ -94,7 +97,11 @@ class ModelConfig:
                f"sliding_window={self.sliding_window} but no layer is local (L) in {self.window_pattern!r}")
         _check(self.router_type != "hash" or self.vocab_size >= self.n_routed_experts, k + "router_type",
                "hash routing needs vocab_size >= n_routed_experts")
-        _one_of(self.moe_impl, k + "moe_impl", ("auto", "loop", "grouped_mm", "bmm"))
+        _one_of(self.moe_impl, k + "moe_impl", ("auto", "loop", "grouped_mm", "bmm", "capacity"))
+        _check(self.capacity_factor is None or self.capacity_factor > 0, k + "capacity_factor",
+               f"must be null (drop nothing) or > 0, got {self.capacity_factor}")
+        _check(self.capacity_factor is None or self.moe_impl == "capacity", k + "capacity_factor",
+               f"is read by model.moe_impl=capacity only (moe_impl={self.moe_impl} drops nothing)")
         _check(self.top_k <= self.n_routed_experts, k + "top_k",
                f"top_k={self.top_k} exceeds model.n_routed_experts={self.n_routed_experts}")
         _check(self.n_shared_experts >= 0, k + "n_shared_experts", "must be >= 0")

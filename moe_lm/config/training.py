@@ -137,6 +137,11 @@ class TrainerConfig:
     limit_val_batches: int = 8
     fast_dev_run: bool = False
     compile: bool = False  # torch.compile the model (CUDA)
+    # torch.compile's mode: default | reduce-overhead (CUDA graphs) | max-autotune (CUDA graphs, tuned kernels) |
+    # max-autotune-no-cudagraphs
+    compile_mode: str = "default"
+    compile_fullgraph: bool = False  # true: a graph break is an error instead of a split graph
+    compile_backend: str = "inductor"  # aot_eager: trace forward and backward without code generation (debugging)
     deterministic: bool = False
     peak_flops: Optional[float] = None  # per-device peak FLOP/s for MFU; null = look up the device
     progress_bar: bool = True
@@ -150,6 +155,9 @@ class TrainerConfig:
         _check(self.limit_val_batches >= 0, "trainer.limit_val_batches", "must be >= 0")
         _check(self.ce_chunk_size >= 0, "trainer.ce_chunk_size", "must be >= 0 (0 = no chunks)")
         _one_of(self.accelerator, "trainer.accelerator", ("auto", "cpu", "gpu", "cuda", "mps", "tpu"))
+        _one_of(self.compile_mode, "trainer.compile_mode",
+                ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
+        _one_of(self.compile_backend, "trainer.compile_backend", ("inductor", "aot_eager", "eager"))
 
 
 @dataclass

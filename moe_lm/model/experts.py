@@ -1,7 +1,9 @@
 """The routed experts' weights and how tokens reach them: the dispatch paths (a per-expert loop, torch's grouped
-GEMM, a batched matmul over every expert) and the custom op that lets torch.compile trace the grouped GEMM.
+GEMM, a batched matmul over every expert, per-expert groups padded to a fixed capacity) and the custom op that lets
+torch.compile trace the grouped GEMM.
 
-Shape legend: N tokens (B*T), D model width, E routed experts, K top-k, I moe_intermediate_size.
+Shape legend: N tokens (B*T), D model width, E routed experts, K top-k, I moe_intermediate_size, C capacity (rows
+per expert of the padded path), S = K*N token slots.
 
 Names follow HF transformers' DeepseekV3 experts: `gate_up_proj` (E, 2I, D) with the gate half first,
 `down_proj` (E, D, I).
@@ -9,6 +11,7 @@ Names follow HF transformers' DeepseekV3 experts: `gate_up_proj` (E, 2I, D) with
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -17,6 +20,14 @@ from torch import nn
 
 from moe_lm.config import ModelConfig
 from moe_lm.model.layers import activation_fn, compute_dtype, is_gated
+
+
+def capacity(n_tokens: int, top_k: int, n_experts: int, factor: Optional[float]) -> int:
+    """Rows per expert of the padded path: ceil(factor * N * K / E), at most N (a token takes at most one slot of an
+    expert, so C = N never drops a token). factor None: N."""
+    if factor is None:
+        return n_tokens
+    return max(1, min(n_tokens, math.ceil(factor * n_tokens * top_k / n_experts)))
 
 
 def expert_counts(idx: torch.Tensor, n_bins: int) -> torch.Tensor:
@@ -103,6 +114,10 @@ class RoutedExperts(nn.Module):
       no host sync (CUDA sm80+ in bf16; CPU in any float dtype, compiled in bf16 only);
     - bmm: every expert on every token as one batched matmul, then weighted by the router (zero for the experts
       a token did not pick): no sort, gather or sync, but E/K times the expert FLOPs;
+    - capacity: each expert's slots gathered into a (C, D) group padded with zero rows, two batched matmuls over
+      (E, C, ...): every shape is fixed by (N, C), nothing reaches the host, so CUDA graphs can capture it. Slots
+      beyond an expert's C rows are dropped (they add nothing; first choices are placed before second ones, in
+      token order); C = N (the default) drops none and costs what bmm does, E/K times the expert FLOPs;
     - auto: grouped_mm where the device and dtype take it, else loop.
     """
 
@@ -139,11 +154,14 @@ class RoutedExperts(nn.Module):
         return self.impl
 
     def forward(self, x: torch.Tensor, topk_idx: torch.Tensor, topk_weight: torch.Tensor,
-                counts: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """x: (N, D); topk_idx, topk_weight: (N, K); counts: (E,) slots per expert (computed when None)."""
+                counts: Optional[torch.Tensor] = None, capacity: Optional[int] = None) -> torch.Tensor:
+        """x: (N, D); topk_idx, topk_weight: (N, K); counts: (E,) slots per expert (computed when None); capacity:
+        rows per expert of the capacity path (None: N, nothing dropped)."""
         impl = self.resolved_impl(x)
         if impl == "bmm":
             return self._every_expert(x, topk_idx, topk_weight)
+        if impl == "capacity":
+            return self._padded(x, topk_idx, topk_weight, x.shape[0] if capacity is None else capacity)
         N, K = topk_idx.shape
         if counts is None:
             counts = expert_counts(topk_idx, self.n_experts)
@@ -199,6 +217,29 @@ class RoutedExperts(nn.Module):
         h = self._hidden(h, h.new_ones(()), expert)  # (E, N, I), unweighted: the router weights come after
         y = torch.bmm(h, self.down_proj.transpose(1, 2))  # (E, N, D)
         return torch.einsum("end,ne->nd", y, combine.to(y.dtype)).to(x.dtype)  # (N, D)
+
+    def _padded(self, x: torch.Tensor, topk_idx: torch.Tensor, topk_weight: torch.Tensor, capacity: int
+                ) -> torch.Tensor:
+        """Per-expert groups of `capacity` rows: slot s = k*N + n (first choices first) goes to row
+        e*C + (its rank among expert e's slots) if that rank is below C, else to the drop row E*C."""
+        (N, K), E, C = topk_idx.shape, self.n_experts, capacity
+        dtype = compute_dtype(x)
+        slot_expert = topk_idx.t().reshape(-1)  # (S,) k-major
+        onehot = (slot_expert[:, None] == torch.arange(E, device=x.device)).to(torch.int32)  # (S, E)
+        rank = (onehot.cumsum(0) * onehot).sum(1) - 1  # (S,) earlier slots of the same expert
+        dest = torch.where(rank < C, slot_expert * C + rank, E * C)  # (S,) padded row, or the drop row
+        slots = torch.arange(K * N, device=x.device)
+        # which slot fills each padded row (S: none, an all-zero row); only the drop row is written twice
+        filled_by = torch.full((E * C + 1,), K * N, device=x.device).scatter_(0, dest, slots)[:E * C]  # (E*C,)
+        x_rows = torch.cat((x.to(dtype), x.new_zeros(1, x.shape[1], dtype=dtype)))  # (N + 1, D), row N zero
+        token = torch.where(filled_by < K * N, filled_by % N, N)  # (E*C,)
+        w_rows = torch.cat((topk_weight.t().reshape(-1), topk_weight.new_zeros(1)))[filled_by]  # (E*C,)
+        h = torch.bmm(x_rows[token].view(E, C, -1), self.in_proj.to(dtype).transpose(1, 2))  # (E, C, 2I or I)
+        expert = torch.arange(E, device=x.device)[:, None] if self.act_scale is not None else None
+        h = self._hidden(h, w_rows.view(E, C, 1), expert)  # (E, C, I), weighted (padding rows: zero)
+        y = torch.bmm(h, self.down_proj.to(dtype).transpose(1, 2)).view(E * C, -1)  # (E*C, D)
+        y_slots = torch.cat((y, y.new_zeros(1, y.shape[1])))[dest]  # (S, D), dropped slots zero
+        return y_slots.view(K, N, -1).sum(0).to(x.dtype)  # (N, D)
 
     def run_chosen(self, x: torch.Tensor, token_idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """Expert choice: expert e runs on the C tokens token_idx[e] (E, C), weighted by weight (E, C); each token

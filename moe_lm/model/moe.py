@@ -17,7 +17,7 @@ from torch import nn
 
 from moe_lm.config import ModelConfig
 from moe_lm.model.balance import aux_free_bias_step, load_balance_loss, router_z_loss, sequence_balance_loss
-from moe_lm.model.experts import RoutedExperts, expert_counts
+from moe_lm.model.experts import RoutedExperts, capacity, expert_counts
 from moe_lm.model.layers import FeedForward
 from moe_lm.model.router import RouterOutput, TopkRouter
 
@@ -33,6 +33,7 @@ class MoEStats:
     topk_weight: torch.Tensor  # (N, K) detached
     router_entropy: torch.Tensor  # scalar: mean entropy (nats) of each token's normalised expert scores
     router_logits: Optional[torch.Tensor] = None  # (N, E) fp32, with gradient in training (router supervision)
+    dropped: Optional[torch.Tensor] = None  # scalar int64: token slots over an expert's capacity (moe_impl=capacity)
 
 
 class MoE(nn.Module):
@@ -102,6 +103,7 @@ class MoE(nn.Module):
         r = self._route(self.gate(x2, None if forced is None else forced.reshape(-1)), token_ids)
         E = self.cfg.n_routed_experts
         mask = None if token_mask is None else token_mask.reshape(-1).to(torch.float32)  # (N,)
+        dropped = None
         if self.cfg.router_type == "expert_choice":
             y, counts = self._expert_choice(x2, r, mask)
         else:
@@ -111,12 +113,15 @@ class MoE(nn.Module):
                 bins = r.topk_idx + E * (mask[:, None] == 0)  # (N, K)
                 both = expert_counts(bins, 2 * E)  # (2E,)
                 counts, dispatch = both[:E], both[:E] + both[E:]  # counted slots; all slots, for dispatch
-            y = self.experts(x2, r.topk_idx, r.topk_weight, dispatch)
+            cap = (capacity(x2.shape[0], self.cfg.top_k, E, self.cfg.capacity_factor)
+                   if self.training and self.cfg.moe_impl == "capacity" else None)  # evaluation drops nothing
+            y = self.experts(x2, r.topk_idx, r.topk_weight, dispatch, cap)
+            dropped = None if cap is None else (dispatch - cap).clamp_min(0).sum()
         if self.shared_experts is not None:
             y = y + self.shared_experts(x2)
         zero = x.new_zeros((), dtype=torch.float32)
         if not self.training:  # decoding and evaluation need no balance losses: keep them off that path
-            return y.view(shape), MoEStats(zero, zero, counts, r.topk_idx, r.topk_weight, zero, r.logits)
+            return y.view(shape), MoEStats(zero, zero, counts, r.topk_idx, r.topk_weight, zero, r.logits, dropped)
         aux = self._balance_loss(r, counts, mask, shape) if self.cfg.router_type == "token_choice" else zero
         z = router_z_loss(r.logits, mask) if self.cfg.use_z_loss else zero
         with torch.no_grad():
@@ -124,7 +129,7 @@ class MoE(nn.Module):
             ent = -(p * p.clamp_min(1e-12).log()).sum(-1)  # (N,)
             entropy = ent.mean() if mask is None else (ent * mask).sum() / mask.sum().clamp_min(1)
         return y.view(shape), MoEStats(aux, z, counts.detach(), r.topk_idx.detach(), r.topk_weight.detach(), entropy,
-                                       r.logits)
+                                       r.logits, dropped)
 
     def _balance_loss(self, r: RouterOutput, counts: torch.Tensor, mask: Optional[torch.Tensor],
                       shape: torch.Size) -> torch.Tensor:

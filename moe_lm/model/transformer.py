@@ -36,6 +36,7 @@ class ModelOutput:
     ce_sum: Optional[torch.Tensor] = None  # scalar fp32: summed next-token cross-entropy, with targets=...
     lm_z_sum: Optional[torch.Tensor] = None  # scalar fp32: summed logsumexp(LM logits)^2, with output_z_loss_coef
     mtp_loss: Optional[torch.Tensor] = None  # scalar fp32: the MTP module's mean cross-entropy (training, targets)
+    dropped_slots: Optional[torch.Tensor] = None  # scalar int64: slots over capacity, all MoE layers (moe_impl=capacity)
 
 
 class MultiTokenPrediction(nn.Module):
@@ -158,6 +159,8 @@ class MoETransformer(nn.Module):
         weights = torch.stack([s.topk_weight for s in stats])  # (L, N, K)
         entropy = torch.stack([s.router_entropy for s in stats]).mean()
         router_logits = torch.stack([s.router_logits for s in stats])  # (L, N, E)
+        if stats[0].dropped is not None:
+            extra["dropped_slots"] = torch.stack([s.dropped for s in stats]).sum()
         return ModelOutput(logits, aux, z, counts, topk, weights, hidden_states, entropy, router_logits, **extra)
 
     def _mtp_loss(self, x: torch.Tensor, targets: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,

@@ -120,6 +120,7 @@ class MoELitModule(L.LightningModule):
         routing = {"ce": ce.detach(), "n_targets": valid.sum(), "token_mask": valid, "topk_idx": out.topk_idx,
                    "topk_weight": out.topk_weight, "expert_counts": out.expert_counts,
                    "router_entropy": out.router_entropy, "aux_loss": out.aux_loss.detach(), "z_loss": out.z_loss.detach(),
+                   "dropped_slots": out.dropped_slots,
                    "extra_losses": {k: v.detach() for k, v in extra.items()}}
         return loss, ce, routing
 

@@ -1,7 +1,8 @@
 """Which experts the tokens go to, watched from outside the LightningModule.
 
 Training (at logging steps): expert load per MoE layer (`moe/expert_load/layer{l}/expert{e}`), load CV, max
-violation, dead experts, router entropy, and on domain data each domain's share per expert
+violation, dead experts, router entropy, the share of token slots dropped over capacity (`moe/dropped_frac`,
+model.moe_impl=capacity only), and on domain data each domain's share per expert
 (`moe/domain_load/<domain>/expert{e}`). Validation: the domain x expert matrix over the whole validation set,
 per layer and averaged (`routing/...`), the specialisation scores (`spec/...`, moe_lm/eval/specialisation.py),
 and under `<run>/routing/` a JSON of both per validation step and the heatmap with each domain's own expert
@@ -41,6 +42,10 @@ class RoutingMonitor(L.Callback):
         s = routing_stats(sum_over_processes(outputs["expert_counts"]))  # the global batch's loads
         metrics = {"moe/load_cv": s["load_cv"], "moe/max_violation": s["max_violation"],
                    "moe/dead_experts": s["dead_experts"].float(), "moe/router_entropy": outputs["router_entropy"]}
+        if outputs.get("dropped_slots") is not None:  # moe_impl=capacity: slots over an expert's capacity
+            slots = outputs["topk_idx"].numel()  # L * N * K
+            metrics["moe/dropped_frac"] = sum_over_processes(outputs["dropped_slots"]).float() / (
+                slots * trainer.world_size)
         metrics.update({f"moe/expert_load/layer{layer + self.first}/expert{e}": frac
                         for layer, row in enumerate(s["load"]) for e, frac in enumerate(row)})
         if self.domains and "domain" in batch:

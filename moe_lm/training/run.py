@@ -34,6 +34,7 @@ from moe_lm.training.init_from import load_init_weights, resolve_init
 from moe_lm.training.lit_module import MoELitModule
 from moe_lm.training.loggers import build_loggers
 from moe_lm.training.routing_monitor import RoutingMonitor
+from moe_lm.training.torch_compile import compile_model, compile_report, report_line
 
 
 def checkpoint_dir(cfg: TrainConfig, out_dir: Path) -> Path:
@@ -169,7 +170,7 @@ def fit(cfg: TrainConfig, out: Path, ckpt_path: str | None, experiment: str = ""
     if cfg.init_from and not ckpt_path:
         load_init_weights(module.model, cfg)
     if cfg.trainer.compile:
-        module.model.compile()
+        compile_model(module.model, cfg.trainer)
     callbacks = build_callbacks(cfg, out, module, tok, experiment, heldout_domains)
     trainer = build_trainer(cfg, out, callbacks, ckpt_path)
     record_config(trainer, cfg, out)
@@ -178,6 +179,10 @@ def fit(cfg: TrainConfig, out: Path, ckpt_path: str | None, experiment: str = ""
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     result = summary(cfg, trainer, module, time.perf_counter() - t0, next(c for c in callbacks if isinstance(c, LossCurve)))
+    if cfg.trainer.compile:
+        result["compile"] = compile_report()
+        if trainer.is_global_zero:
+            print(report_line(result["compile"]))
     stopped = next(c for c in callbacks if isinstance(c, SaveOnSignal)).stopped_by  # the same in every process
     if cfg.trainer.fast_dev_run:
         return result

@@ -1,6 +1,8 @@
 """model.moe_impl: every dispatch path gives the loop's outputs and gradients; the host-sync-free ones compile
 without a graph break."""
 
+import math
+
 import pytest
 import torch
 
@@ -9,7 +11,7 @@ from moe_lm.model.loss import IGNORE_INDEX
 from moe_lm.model.experts import expert_counts, traceable_grouped_mm
 from moe_lm.model.moe import MoE
 
-PATHS = ["grouped_mm", "bmm"]
+PATHS = ["grouped_mm", "bmm", "capacity"]  # capacity at its default C = N: nothing dropped
 
 
 def _pair(make_model_cfg, impl: str, **overrides) -> tuple[MoE, MoE]:
@@ -47,6 +49,50 @@ def test_dispatch_paths_match_the_loop_in_outputs_and_gradients(impl, shape, mas
         torch.testing.assert_close(g[name], g_ref[name], atol=1e-5, rtol=1e-5, msg=name)
     torch.testing.assert_close(s.expert_counts, s_ref.expert_counts)
     torch.testing.assert_close(s.aux_loss, s_ref.aux_loss)
+
+
+def _expert_mlp(moe: MoE, e: int, x: torch.Tensor) -> torch.Tensor:
+    gate, up = torch.nn.functional.linear(x, moe.experts.gate_up_proj[e]).chunk(2, -1)
+    return torch.nn.functional.linear(torch.nn.functional.silu(gate) * up, moe.experts.down_proj[e])
+
+
+@pytest.mark.parametrize("factor", [0.5, 1.0, 1.25])
+def test_capacity_keeps_first_choices_first_and_counts_what_it_drops(factor, make_model_cfg):
+    """C = ceil(factor * N * K / E) rows per expert; slots are placed first choices first, in token order; a slot
+    past its expert's C rows adds nothing. Checked against a per-slot reference of that rule."""
+    ref, _ = _pair(make_model_cfg, "capacity", n_shared_experts=0)
+    moe = MoE(make_model_cfg(moe_impl="capacity", capacity_factor=factor, n_shared_experts=0))
+    moe.load_state_dict(ref.state_dict())
+    x = torch.randn(40, ref.cfg.d_model)
+    y, stats = moe(x)
+    N, K, E = 40, moe.cfg.top_k, moe.cfg.n_routed_experts
+    C = math.ceil(factor * N * K / E)
+    taken, want = [0] * E, torch.zeros_like(x)
+    for k in range(K):
+        for n in range(N):
+            e = int(stats.topk_idx[n, k])
+            if taken[e] < C:
+                taken[e] += 1
+                want[n] += stats.topk_weight[n, k] * _expert_mlp(moe, e, x[n])
+    torch.testing.assert_close(y, want, atol=1e-5, rtol=1e-5)
+    assert int(stats.dropped) == int((stats.expert_counts - C).clamp_min(0).sum()) == N * K - sum(taken)
+    assert factor >= 1.25 or int(stats.dropped) > 0  # the rule is exercised
+    moe.eval()  # evaluation and decoding drop nothing
+    torch.testing.assert_close(moe(x)[0], ref.eval()(x)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_capacity_settings_are_checked_at_start_up():
+    from moe_lm.cli import compose
+    from moe_lm.config import ConfigError
+
+    with pytest.raises(ConfigError, match="model.capacity_factor"):
+        compose(["model.capacity_factor=1.25"])  # the default dispatch drops nothing: the key would be ignored
+    with pytest.raises(ConfigError, match="model.capacity_factor"):
+        compose(["model.moe_impl=capacity", "model.capacity_factor=0"])
+    with pytest.raises(ConfigError, match="trainer.compile_mode"):
+        compose(["model.moe_impl=loop", "trainer.compile=true", "trainer.compile_mode=reduce-overhead"])
+    compose(["model.moe_impl=capacity", "model.capacity_factor=1.25", "trainer.compile=true",
+             "trainer.compile_mode=reduce-overhead"])
 
 
 def test_grouped_mm_under_bf16_autocast_matches_the_loop(make_model_cfg):

@@ -192,3 +192,21 @@ def test_upcycling_a_trained_dense_run_starts_where_it_ended(tmp_path):
                             f"init_from=ckpt:{tmp_path}/dense/checkpoints/final.ckpt"])
     first = train(moe, moe.out_dir)["final_train_loss"]  # the loss of step 1's batch, before the update
     assert dense_loss < 5.0 and abs(first - dense_loss) < 0.5, (dense_loss, first)  # measured: 3.06 and 3.04
+
+
+@pytest.mark.parametrize("impl, clean", [("grouped_mm", True), ("loop", False)])
+def test_a_compiled_run_reports_its_graphs_and_graph_breaks(impl, clean, tmp_path, capsys):
+    """trainer.compile=true prints and records what dynamo compiled: the compile-clean path one graph per model
+    mode (training, then the full pass in evaluation) and no break, the loop a break in each MoE layer."""
+    data = tmp_path / "lines.txt"
+    data.write_text(TWO_LINES)
+    cfg = compose(TINY + ["+experiment=overfit_100_lines", f"data.path={data}", "data.sampling=lines",
+                          "trainer.max_steps=3", "eval.reproduce_lines=0", f"model.moe_impl={impl}",
+                          "trainer.compile=true", "trainer.compile_backend=aot_eager", f"out_dir={tmp_path}/run"])
+    report = train(cfg, cfg.out_dir)["compile"]
+    torch._dynamo.reset()
+    assert f"compile: {report['graphs']} graphs, {report['graph_breaks']} graph breaks" in capsys.readouterr().out
+    if clean:
+        assert report["graph_breaks"] == 0 and 1 <= report["graphs"] <= 2, report
+    else:
+        assert report["graph_breaks"] >= cfg.model.n_layers and report["graphs"] > cfg.model.n_layers, report
