@@ -172,7 +172,7 @@ class PlanConfig:
     model: ModelConfig = field(default_factory=ModelConfig)  # the family the size ladder scales
     gpu: str = "T4"  # a device of moe_lm.model.counting.PEAK_FLOPS, or cpu
     hours: float = 10.0
-    mfu: Optional[float] = None  # null: 0.35 on a GPU, 0.23 on cpu (measured by experiments/bench_train_step.py)
+    mfu: Optional[float] = None  # null: measured on the device, or a range derived from the measured ones
     flops: Optional[float] = None  # a budget in FLOPs instead of gpu x hours x mfu
     flops_per_s: Optional[float] = None  # the device's peak, instead of the table's
     tokens_per_param: float = 20.0  # compute-optimal tokens per active parameter (Chinchilla: ~20)

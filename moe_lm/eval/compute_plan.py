@@ -1,6 +1,9 @@
 """What a compute budget buys (the library behind `python -m moe_lm.plan`).
 
-The budget C (FLOPs) is `flops`, or peak FLOP/s x MFU x hours. Compute-optimal training spends it on N
+The budget C (FLOPs) is `flops`, or peak FLOP/s x MFU x hours, with the MFU given (`mfu=`) or the one measured on
+the device for the model family's compiled step, or on a device never measured a range derived from the measured
+ones (moe_lm/eval/throughput.py): the budget is then a range, the compute-optimal size is taken at its geometric
+middle, and the hours are ranges. Compute-optimal training spends it on N
 active parameters and D = r * N tokens (r = `tokens_per_param`, ~20 in Chinchilla), with C = 6 * N * D, so
 N_opt = sqrt(C / (6 r)). Around that point the planner lists a ladder of models of the configured family
 (width and depth scaled together, heads of the same size, every width-dependent size in proportion; counted
@@ -26,7 +29,6 @@ from moe_lm.model.counting import (CPU_PEAK_FLOPS, DEVICE_MEMORY_GIB, PEAK_FLOPS
                                    train_flops_per_token)
 
 WIDTHS = (128, 192, 256, 320, 384, 448, 512, 640, 768, 896, 1024, 1280, 1536, 1792, 2048, 2560, 3072, 4096)
-CPU_MFU, GPU_MFU = 0.23, 0.35
 
 
 def device_flops_per_s(cfg: PlanConfig) -> float:
@@ -40,11 +42,31 @@ def device_flops_per_s(cfg: PlanConfig) -> float:
     return PEAK_FLOPS[cfg.gpu]
 
 
-def budget(cfg: PlanConfig) -> tuple[float, float, float]:
-    """(budget FLOPs, device peak FLOP/s, MFU)."""
+def device_mfu(cfg: PlanConfig) -> tuple[tuple[float, float], str]:
+    """((low, high) MFU, where it comes from): as given, measured, or derived from the measured devices."""
+    if cfg.mfu:
+        return (cfg.mfu, cfg.mfu), "as given (mfu=)"
+    import torch
+
+    from moe_lm.eval.throughput import speed
+    from moe_lm.model.transformer import MoETransformer
+
+    with torch.device("meta"):
+        parts = param_breakdown(MoETransformer(cfg.model), cfg.model)
+    try:
+        s = speed(cfg.gpu, cfg.model.name, train_flops_per_token(cfg.model, parts, cfg.seq_len), cfg.batch_size, True)
+    except KeyError as e:
+        raise ConfigError(f"mfu: {e.args[0]}; give one as mfu=...") from None
+    return s.mfu, s.basis
+
+
+def budget(cfg: PlanConfig) -> tuple[tuple[float, float], float, tuple[float, float], str]:
+    """((low, high) budget FLOPs, device peak FLOP/s, (low, high) MFU, where the MFU comes from)."""
     peak = device_flops_per_s(cfg)
-    mfu = cfg.mfu or (CPU_MFU if cfg.gpu == "cpu" else GPU_MFU)
-    return (cfg.flops or peak * mfu * cfg.hours * 3600), peak, mfu
+    if cfg.flops:
+        return (cfg.flops, cfg.flops), peak, (1.0, 1.0), ""
+    mfu, basis = device_mfu(cfg)
+    return tuple(peak * m * cfg.hours * 3600 for m in mfu), peak, mfu, basis
 
 
 def _round(x: float, to: int) -> int:
@@ -76,7 +98,7 @@ def memory_gib(cfg: ModelConfig, total_params: int, batch: int, seq: int, recomp
     return (states + cfg.n_layers * per_layer) / 2 ** 30, logits / 2 ** 30
 
 
-def ladder_row(cfg: PlanConfig, model: ModelConfig, peak: float, mfu: float) -> dict[str, Any]:
+def ladder_row(cfg: PlanConfig, model: ModelConfig, peak: float, mfu: tuple[float, float]) -> dict[str, Any]:
     import torch
 
     from moe_lm.model.transformer import MoETransformer
@@ -88,13 +110,15 @@ def ladder_row(cfg: PlanConfig, model: ModelConfig, peak: float, mfu: float) -> 
     flops = train_flops_per_token(model, parts, cfg.seq_len) * tokens
     mem, logits = memory_gib(model, total, cfg.batch_size, cfg.seq_len, cfg.gradient_checkpointing)
     return {"d_model": model.d_model, "n_layers": model.n_layers, "n_heads": model.n_heads, "active": active,
-            "total": total, "tokens": tokens, "flops": flops, "hours": flops / (peak * mfu) / 3600,
+            "total": total, "tokens": tokens, "flops": flops, "hours": (flops / (peak * mfu[1]) / 3600,
+                                                                        flops / (peak * mfu[0]) / 3600),
             "memory_gib": mem, "logits_gib": logits}
 
 
 def plan(cfg: PlanConfig) -> dict[str, Any]:
     """The budget, the compute-optimal size and tokens, and the ladder of sizes around it."""
-    c, peak, mfu = budget(cfg)
+    (c_lo, c_hi), peak, mfu, basis = budget(cfg)
+    c = math.sqrt(c_lo * c_hi)  # the range's geometric middle
     n_opt = math.sqrt(c / (6 * cfg.tokens_per_param))
     rows = []
     for width in WIDTHS:
@@ -106,7 +130,7 @@ def plan(cfg: PlanConfig) -> dict[str, Any]:
     shown = rows[max(0, best - 3): best + 4]
     # the optimum outside the ladder's sizes by more than a factor 2: the marked row is the nearest rung, not it
     off = ("below" if n_opt < rows[0]["active"] / 2 else "above" if n_opt > rows[-1]["active"] * 2 else None)
-    return {"budget_flops": c, "peak_flops_per_s": peak, "mfu": mfu, "n_opt": n_opt,
+    return {"budget_flops": (c_lo, c_hi), "peak_flops_per_s": peak, "mfu": mfu, "mfu_basis": basis, "n_opt": n_opt,
             "d_opt": cfg.tokens_per_param * n_opt, "best_d_model": rows[best]["d_model"], "rows": shown,
             "device_memory_gib": DEVICE_MEMORY_GIB.get(cfg.gpu), "off_ladder": off,
             "ladder_range": (rows[0]["active"], rows[-1]["active"])}
@@ -120,9 +144,12 @@ def _si(x: float) -> str:
 
 
 def plan_table(cfg: PlanConfig, p: dict[str, Any]) -> str:
+    from moe_lm.eval.throughput import span
+
     device = cfg.gpu if not cfg.flops else "the budget"
-    lines = [f"budget: {p['budget_flops']:.3g} FLOPs ({cfg.gpu}: {p['peak_flops_per_s']:.3g} FLOP/s peak x MFU "
-             f"{p['mfu']:.2f} x {cfg.hours:g} h)" if not cfg.flops else f"budget: {p['budget_flops']:.3g} FLOPs",
+    lines = [f"budget: {span(*p['budget_flops'], '{:.3g}')} FLOPs ({cfg.gpu}: {p['peak_flops_per_s']:.3g} FLOP/s peak x "
+             f"MFU {span(*p['mfu'], '{:.1%}')} x {cfg.hours:g} h; MFU {p['mfu_basis']})" if not cfg.flops else
+             f"budget: {p['budget_flops'][0]:.3g} FLOPs",
              f"compute-optimal at {cfg.tokens_per_param:g} tokens/param: {_si(p['n_opt'])} active parameters "
              f"trained on {_si(p['d_opt'])} tokens (C = 6 N D)", "",
              f"| d_model | layers | heads | active params | total params | tokens ({cfg.tokens_per_param:g}/param) "
@@ -138,10 +165,10 @@ def plan_table(cfg: PlanConfig, p: dict[str, Any]) -> str:
         mark = " **<-**" if r["d_model"] == p["best_d_model"] else ""
         over = f" (> {limit} GiB)" if limit and r["memory_gib"] + r["logits_gib"] > limit else ""
         lines.append(f"| {r['d_model']}{mark} | {r['n_layers']} | {r['n_heads']} | {_si(r['active'])} | "
-                     f"{_si(r['total'])} | {_si(r['tokens'])} | {r['flops']:.2e} | {r['hours']:.3g} | "
+                     f"{_si(r['total'])} | {_si(r['tokens'])} | {r['flops']:.2e} | {span(*r['hours'], '{:.3g}')} | "
                      f"{r['memory_gib']:.1f} + {r['logits_gib']:.1f} logits{over} |")
     lines += ["", "**<-**: the size nearest the compute-optimal active parameters. Hours: the size's compute-optimal "
-              "tokens at this MFU; memory: fp32 weights + grads + AdamW + activations (estimate, see "
+              "tokens at this MFU (a range where the MFU is); memory: fp32 weights + grads + AdamW + activations (estimate, see "
               "moe_lm/eval/compute_plan.py) + fp32 logits (trainer.ce_chunk_size=N keeps only N tokens' logits at "
               "a time)."]
     return "\n".join(lines)

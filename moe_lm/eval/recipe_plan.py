@@ -3,7 +3,8 @@
 Tokens per domain and in all (the train split: prepare.val_fraction is held out), tokens per optimizer step
 (micro-batch x seq_len x accumulation), steps and passes over the data, the training memory estimate of the
 micro-batch (moe_lm/eval/compute_plan.py's formula) against each GPU's memory, and the hours per GPU from the
-measured tokens/s of moe_100m below, or "not measured" (with a FLOP-count estimate at an assumed MFU beside it).
+tokens/s measured on that GPU, or a range derived from the GPUs that were measured (moe_lm/eval/throughput.py),
+labelled as such.
 """
 
 from __future__ import annotations
@@ -11,14 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 from moe_lm.config import TrainConfig
-from moe_lm.eval.compute_plan import GPU_MFU, memory_gib
-from moe_lm.model.counting import DEVICE_MEMORY_GIB, PEAK_FLOPS, param_breakdown, train_flops_per_token
+from moe_lm.eval.compute_plan import memory_gib
+from moe_lm.eval.throughput import span, speed
+from moe_lm.model.counting import DEVICE_MEMORY_GIB, param_breakdown, train_flops_per_token
 
-# Training tokens/s of moe_100m measured on a GPU: (tokens/s, how it was measured). Only measurements go here.
-MEASURED_TOKENS_PER_S: dict[str, tuple[float, str]] = {
-    "H100": (150_398.0, "experiments/bench_train_step.py --device cuda --batch 8 --seq 1024 --compile, bf16, "
-                        "commit 9cf68a6, 2026-11-26 (docs/cuda_checks_h100/train_step.json); at micro-batch 8 x 1024"),
-}
 RECIPE_GPUS = ("T4", "A100", "H100")
 USABLE_FRACTION = 0.9  # of a GPU's memory: the CUDA context, the allocator's slack (a T4's 16 GB: 14.5 GiB)
 
@@ -34,17 +31,16 @@ def recipe_plan(cfg: TrainConfig) -> dict[str, Any]:
     per_step = d.batch_size * d.seq_len * t.accumulate_grad_batches
     with torch.device("meta"):
         parts = param_breakdown(MoETransformer(cfg.model), cfg.model)
-    flops = train_flops_per_token(cfg.model, parts, d.seq_len) * per_step * t.max_steps
+    per_token = train_flops_per_token(cfg.model, parts, d.seq_len)
     mem, logits = memory_gib(cfg.model, parts["total"], d.batch_size, d.seq_len, t.gradient_checkpointing)
     if t.ce_chunk_size:
         logits *= t.ce_chunk_size / (d.batch_size * d.seq_len)
     gpus = {}
     for gpu in RECIPE_GPUS:
-        measured = MEASURED_TOKENS_PER_S.get(gpu) if cfg.model.name == "moe_100m" else None
+        s = speed(gpu, cfg.model.name, per_token, d.batch_size, t.compile)
         gpus[gpu] = {"memory_limit_gib": DEVICE_MEMORY_GIB[gpu] * USABLE_FRACTION,
-                     "hours": per_step * t.max_steps / measured[0] / 3600 if measured else None,
-                     "measured": measured[1] if measured else None,
-                     "estimate_hours": flops / (PEAK_FLOPS[gpu] * GPU_MFU) / 3600}
+                     "hours": tuple(per_step * t.max_steps / tps / 3600 for tps in reversed(s.tokens_per_s)),
+                     "tokens_per_s": s.tokens_per_s, "mfu": s.mfu, "speed": s.label, "basis": s.basis}
     return {"budgets": budgets, "train_tokens": train_tokens, "tokens_per_step": per_step, "steps": t.max_steps,
             "tokens": per_step * t.max_steps, "passes": per_step * t.max_steps / train_tokens, "memory_gib": mem,
             "logits_gib": logits, "precision": cfg.precision.name, "compile": t.compile, "gpus": gpus,
@@ -60,13 +56,10 @@ def recipe_table(name: str, p: dict[str, Any]) -> str:
              f"{p['steps']:,} steps of {p['tokens_per_step']:,} tokens = {p['tokens'] / 1e6:.1f}M tokens, "
              f"{p['passes']:.2f} passes over the data",
              f"training memory (estimate): {p['memory_gib']:.1f} GiB + {p['logits_gib']:.1f} GiB logits", "",
-             "| GPU | fits (usable GiB) | hours (measured tokens/s) | hours (estimate: FLOPs at "
-             f"{GPU_MFU:.0%} MFU) |", "|---|---|---:|---:|"]
+             "| GPU | fits (usable GiB) | tokens/s | MFU | hours | speed |", "|---|---|---:|---:|---:|---|"]
     for gpu, g in p["gpus"].items():
         fits = f"{'yes' if need <= g['memory_limit_gib'] else 'NO'} ({g['memory_limit_gib']:.1f})"
-        hours = f"{g['hours']:.2f}" if g["hours"] is not None else "not measured"
-        lines.append(f"| {gpu} | {fits} | {hours} | {g['estimate_hours']:.2f} |")
-    notes = [f"{gpu}: {g['measured']}" for gpu, g in p["gpus"].items() if g["measured"]]
-    if notes:
-        lines += ["", "measured: " + "; ".join(notes)]
+        lines.append(f"| {gpu} | {fits} | {span(*g['tokens_per_s'], '{:,.0f}')} | {span(*g['mfu'], '{:.1%}')} | "
+                     f"{span(*g['hours'])} | {g['speed']} |")
+    lines += [""] + [f"{gpu}: {g['basis']}" for gpu, g in p["gpus"].items()]
     return "\n".join(lines)

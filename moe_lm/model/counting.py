@@ -17,6 +17,10 @@ PEAK_FLOPS = {
 }
 DEVICE_MEMORY_GIB = {"H200": 141, "H100": 80, "A100": 40, "L40S": 48, "L4": 24, "A10G": 24, "A10": 24,
                      "RTX 4090": 24, "RTX 3090": 24, "V100": 16, "T4": 16}
+# Memory bandwidth in GB/s (SXM parts; the 40 GB A100): with PEAK_FLOPS, what moe_lm/eval/throughput.py scales a
+# measured speed by to bound an unmeasured GPU's
+MEMORY_BANDWIDTH_GBPS = {"H200": 4800, "H100": 3350, "A100": 1555, "L40S": 864, "L4": 300, "A10G": 600, "A10": 600,
+                         "RTX 4090": 1008, "RTX 3090": 936, "V100": 900, "T4": 320}
 CPU_PEAK_FLOPS = 1e12  # nominal; set trainer.peak_flops (or plan's flops_per_s) for your machine
 UNKNOWN_GPU_PEAK_FLOPS = 312e12
 

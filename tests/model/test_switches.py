@@ -40,7 +40,7 @@ def test_feed_forward_formulas():
 def test_every_dispatch_path_agrees_for_each_activation(activation, make_model_cfg):
     torch.manual_seed(0)
     outs = {}
-    for impl in ("loop", "bmm", "grouped_mm"):
+    for impl in ("loop", "bmm", "grouped_mm", "capacity"):
         torch.manual_seed(0)
         experts = RoutedExperts(make_model_cfg(activation=activation, moe_impl=impl))
         for p in experts.parameters():
@@ -51,7 +51,7 @@ def test_every_dispatch_path_agrees_for_each_activation(activation, make_model_c
         y = experts(x, idx, w)
         y.pow(2).sum().backward()
         outs[impl] = (y, x.grad, [p.grad for p in experts.parameters()])
-    for impl in ("bmm", "grouped_mm"):
+    for impl in ("bmm", "grouped_mm", "capacity"):
         torch.testing.assert_close(outs[impl][0], outs["loop"][0], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(outs[impl][1], outs["loop"][1], atol=1e-4, rtol=1e-4)
         for a, b in zip(outs[impl][2], outs["loop"][2]):
