@@ -1,7 +1,8 @@
 """Train-step time: moe_100m against a dense model with the same active parameters per token, eager and compiled.
 
     python experiments/bench_train_step.py [--batch 8] [--seq 256] [--reps 5] [--compile] [--chunked 256,1024]
-        [--fp16] [--shapes 1x256,2x64] [--json PATH]
+        [--fp16] [--shapes 1x256,2x64] [--grid grouped_mm,capacity,bmm --modes eager,default,reduce-overhead]
+        [--json PATH]
 
 Full optimizer steps (forward, fused LM head + cross-entropy, backward, clip, fused AdamW, router-bias step) on
 random tokens, every model in this process, timed in interleaved rounds (moe, dense, moe, dense, ...). Prints
@@ -9,7 +10,10 @@ median and spread per model, tokens/s and MFU (against the device peak, moe_lm.t
 ratios the performance goals are stated in. --chunked adds eager moe_100m with the cross-entropy taken in chunks of
 that many tokens (trainer.ce_chunk_size), to weigh a default for it. --fp16: fp16 autocast with a grad scaler
 and the unfused AdamW (the T4 recipe's path). --shapes adds eager moe_100m at other batch x seq_len shapes,
-timed in the same rounds (the demo's choice of window). On CUDA each case's peak memory is measured on one more step.
+timed in the same rounds (the demo's choice of window). --grid: moe_100m for each of these model.moe_impl values
+in each --modes (eager, or a torch.compile mode: default, reduce-overhead and max-autotune replay CUDA graphs),
+beside dense_100m in each mode; dynamo's graph breaks and inductor's CUDA-graph skips are counted and reported. On
+CUDA each case's peak memory is measured on one more step.
 """
 
 from __future__ import annotations
@@ -26,16 +30,23 @@ from moe_lm.model.counting import param_breakdown, train_flops_per_token
 from moe_lm.training.callbacks import device_peak_flops
 
 
-def make_step(preset: str, args, device: torch.device, compiled: bool = False, moe_impl: str = "",
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
+def make_step(preset: str, args, device: torch.device, compiled: bool | str = False, moe_impl: str = "",
               ce_chunk_size: int | None = None, shape: tuple[int, int] | None = None):
+    """compiled: False (eager), True or "default" (torch.compile's default mode), or another torch.compile mode."""
     batch, seq = shape or (args.batch, args.seq)
     cfg = compose([f"model={preset}", f"data.seq_len={seq}"]).model
-    if moe_impl:
-        cfg = dataclasses.replace(cfg, moe_impl=moe_impl)
+    if moe_impl:  # "capacity@1.25": the capacity path with that model.capacity_factor
+        impl, _, factor = moe_impl.partition("@")
+        cfg = dataclasses.replace(cfg, moe_impl=impl, capacity_factor=float(factor) if factor else None)
     torch.manual_seed(0)
     model = MoETransformer(cfg).to(device)
-    if compiled:
-        model.compile()
+    mode = "default" if compiled is True else compiled or None
+    if mode:
+        model.compile(mode=None if mode == "default" else mode)
+    graphs = mode in CUDA_GRAPH_MODES  # a replayed graph's outputs are reused: each step is marked as a new one
     fp16 = args.precision == "fp16"  # with a grad scaler and the unfused AdamW, as training runs it
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=not fp16)
     scaler = torch.amp.GradScaler(device.type, enabled=fp16)
@@ -45,6 +56,8 @@ def make_step(preset: str, args, device: torch.device, compiled: bool = False, m
     chunk = args.ce_chunk_size if ce_chunk_size is None else ce_chunk_size
 
     def step() -> None:  # the named ranges label experiments/profile_train_step.py's table
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         with amp:
             out = model(x[:, :-1], targets=x[:, 1:], ce_chunk_size=chunk)
             loss = out.ce_sum / x[:, 1:].numel() + 0.01 * out.aux_loss
@@ -64,6 +77,15 @@ def make_step(preset: str, args, device: torch.device, compiled: bool = False, m
                   "flops_per_token": train_flops_per_token(cfg, parts, seq), "tokens": batch * seq}, model
 
 
+def grid(args) -> list[tuple]:
+    """--grid's cases: (name, preset, compile mode or False, moe_impl, ce chunk, shape)."""
+    modes = [m for m in args.modes.split(",") if m]
+    cases = [(f"moe_100m {impl} {mode}", "moe_100m", mode != "eager" and mode, impl, None, None)
+             for impl in args.grid.split(",") if impl for mode in modes]
+    return cases + [(f"dense_100m {mode}", "dense_100m", mode, "", None, None) for mode in modes if mode != "eager"] \
+        if cases else []
+
+
 def main() -> None:
     ap = arguments(__doc__)
     ap.add_argument("--batch", type=int, default=8)
@@ -76,6 +98,9 @@ def main() -> None:
     ap.add_argument("--peak-flops", type=float, default=None, help="device peak FLOP/s for MFU")
     ap.add_argument("--fp16", action="store_true", help="fp16 autocast with a grad scaler (a T4's path), not bf16")
     ap.add_argument("--shapes", default="", help="also time eager moe_100m at these BxT shapes, e.g. 1x256,2x64")
+    ap.add_argument("--grid", default="", help="moe_100m with these model.moe_impl values in each --modes "
+                                               "(capacity@F: model.capacity_factor=F)")
+    ap.add_argument("--modes", default="eager,default", help="--grid's modes: eager and torch.compile modes")
     args = ap.parse_args()
     if args.fp16:
         args.precision = "fp16"
@@ -89,7 +114,7 @@ def main() -> None:
              for c in args.chunked.split(",") if c] + \
             [(f"moe_100m {b}x{t}", "moe_100m", False, "", None, (b, t)) for b, t in shapes] + \
             ([("moe_100m compiled", "moe_100m", True, "", None, None),
-              ("dense_100m compiled", "dense_100m", True, "", None, None)] if args.compile else []):
+              ("dense_100m compiled", "dense_100m", True, "", None, None)] if args.compile else []) + grid(args):
         cases[name], info[name], _ = make_step(preset, args, device, compiled, impl, chunk, shape)
     print(f"device: {device_name(device)}; batch {args.batch} x {args.seq}, {args.precision}, "
           f"{args.reps} interleaved rounds after {args.warmup} warm-up (compiling happens in the warm-up)\n")
@@ -109,12 +134,18 @@ def main() -> None:
         s.update(info[name])
         print(f"| {name} | {s['total'] / 1e6:.1f}M | {s['active'] / 1e6:.1f}M | {s['tok_s']:,.0f} | "
               f"{100 * s['mfu']:.2f}% |" + (f" peak {s['peak_gib']:.2f} GiB" if "peak_gib" in s else ""))
+    from torch._dynamo.utils import counters
+
+    compiler = {"graph_breaks": sum(sum(counters[k].values()) for k in ("graph_break", "unimplemented")),
+                "cudagraph_skips": int(counters["inductor"].get("cudagraph_skips", 0)),
+                "unique_graphs": int(counters["stats"].get("unique_graphs", 0))}
+    print(f"\ncompiler: {compiler}")
     goals = {"moe_over_dense": summary["moe_100m"]["ratio"]}
     if args.compile:
         goals["eager_over_compiled_moe"] = summary["moe_100m"]["median_s"] / summary["moe_100m compiled"]["median_s"]
     print("\n" + "; ".join(f"{k} {v:.3f}" for k, v in goals.items()))
     write_json(args.json, {"device": device_name(device), "batch": args.batch, "seq": args.seq,
-                           "precision": args.precision, "summary": summary, **goals})
+                           "precision": args.precision, "summary": summary, "compiler": compiler, **goals})
 
 
 if __name__ == "__main__":

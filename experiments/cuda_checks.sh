@@ -1,21 +1,31 @@
 #!/usr/bin/env bash
-# The CUDA checks of docs/performance.md's "On a GPU" section, in one pass (a lent GPU's time is short):
+# Every GPU measurement the project asks for, in steps a lent GPU can run at once (its time is short):
 #   OUT=/some/dir bash experiments/cuda_checks.sh [STEP ...]
-# With step names (env tests decode_tests moe_block train_step train_chunks demo generate flash memory recipes
-# dispatch precision_tests), only those
-# run, in this file's order; with none, all of them.
-# Each step has its own time limit, so a slow one cannot starve the rest; everything is logged to $OUT/log.txt
-# and each benchmark writes its JSON beside it. Needs a CUDA GPU and the project's dependencies importable.
+# With no step names it runs the training-speed grid (call 1, about 8 minutes on an H100):
+#   env step_tests grid32 grid16 grid8
+# and then, named (call 2, about 8 minutes at the measured 150k tokens/s):
+#   data recipe evaluate knockout
+# recipe_h100 (1,800 steps of 32 x 1024 = 59M tokens) on ../shared/data (DATA_ROOT), prepared on the device; without
+# it, shards and tokenizer prepared here and carried under data/local/ (`bash experiments/cuda_checks.sh data` on the
+# CPU writes them in 13 s). Older checks, run by name only: decode_tests moe_block train_step train_chunks demo
+# generate flash memory dispatch precision_tests.
+# Each step has its own time limit, so a slow one cannot starve the rest; everything is logged to $OUT/log.txt and
+# each benchmark writes its JSON beside it; `python experiments/cuda_results.py $OUT` turns them into the docs'
+# tables and measured_throughput.json's rows. Needs a CUDA GPU (data runs anywhere) and the project importable.
 set -u
 OUT=${OUT:-runs/cuda_checks}
 mkdir -p "$OUT"
 PY=${PY:-python3}
+DATA_ROOT=${DATA_ROOT:-../shared/data}
+LOCAL=data/local  # the tokenizer and shards of DATA_ROOT
 export PYTHONUNBUFFERED=1 HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false
 log() { echo "=== $(date +%T) $*" | tee -a "$OUT/log.txt"; }
+DEFAULT=" env step_tests grid32 grid16 grid8 "
 STEPS=" $* "
+[[ "$STEPS" == "  " ]] && STEPS=$DEFAULT
 step() {  # step SECONDS NAME COMMAND...
     local limit=$1 name=$2; shift 2
-    [[ "$STEPS" == "  " || "$STEPS" == *" $name "* ]] || return 0
+    [[ "$STEPS" == *" $name "* ]] || return 0
     log "$name: $*"
     local t0=$SECONDS
     timeout "$limit" "$@" 2>&1 | tee -a "$OUT/log.txt"
@@ -23,6 +33,7 @@ step() {  # step SECONDS NAME COMMAND...
     log "$name: exit $rc after $((SECONDS - t0)) s"
     return "$rc"
 }
+GRID="$PY experiments/bench_train_step.py --device cuda --seq 1024 --reps 5 --warmup 2"
 
 step 30 env bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; $PY -c '
 import torch, torch.nn.functional as F, lightning, transformers
@@ -30,6 +41,35 @@ print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"lightning\",
       \"transformers\", transformers.__version__)
 print(\"capability\", torch.cuda.get_device_capability(), \"F.grouped_mm\", hasattr(F, \"grouped_mm\"),
       \"torch._grouped_mm\", hasattr(torch, \"_grouped_mm\"))'"
+# the step compiles to one graph (fullgraph, eager numerics) and reads nothing on the host, here on the GPU too
+step 60 step_tests $PY -m pytest -q -p no:cacheprovider tests/model/test_train_step_graph.py \
+    tests/training/test_step_sync.py tests/model/test_moe_dispatch.py -m "not slow"
+# compiled moe_100m per dispatch path, eager / compiled / CUDA graphs, beside the dense twin: tokens/s, MFU, peak
+# memory; the recipe's micro-batch first (recipe_h100: 32 x 1024), then 16 (recipe_a100) and 8 (recipe_t4)
+step 300 grid32 $GRID --batch 32 --grid grouped_mm,capacity,capacity@1.25 --modes eager,default,reduce-overhead \
+    --json "$OUT/grid32.json"
+step 100 grid16 $GRID --batch 16 --grid grouped_mm,capacity --modes default --json "$OUT/grid16.json"
+step 100 grid8 $GRID --batch 8 --grid grouped_mm,capacity --modes default --json "$OUT/grid8.json"
+# recipe_h100 to its end on the local data, then each domain's held-out loss and routing, and the knockout matrix
+data() {
+    if [[ -d "$DATA_ROOT" ]]; then
+        $PY -m moe_lm.tokenizer data=domains data.source=local paths.data_root="$DATA_ROOT" tokenizer.out=$LOCAL/tokenizer &&
+        $PY -m moe_lm.prepare data=domains data.source=local paths.data_root="$DATA_ROOT" \
+            prepare.tokenizer=$LOCAL/tokenizer/tokenizer.json prepare.out=$LOCAL/shards
+    else
+        echo "$DATA_ROOT not found: using the carried $LOCAL"; ls $LOCAL/shards
+    fi
+}
+export PY DATA_ROOT LOCAL
+export -f data
+step 120 data bash -c data
+RUN=$OUT/recipe_h100
+step 480 recipe $PY -m moe_lm.train +experiment=recipe_h100 data.source=local data.shards=$LOCAL/shards \
+    prepare.tokenizer=$LOCAL/tokenizer/tokenizer.json out_dir=$RUN checkpoint.dir=/tmp/recipe_h100_ckpt \
+    checkpoint.every_minutes=0 trainer.progress_bar=false
+step 60 evaluate $PY -m moe_lm.evaluate ckpt=/tmp/recipe_h100_ckpt/final.ckpt data.shards=$LOCAL/shards out=$RUN/eval
+step 90 knockout $PY -m moe_lm.evaluate ckpt=/tmp/recipe_h100_ckpt/final.ckpt task=knockout \
+    data.shards=$LOCAL/shards out=$RUN/knockout
 # grouped_mm on the device equals the loop; dynamo finds no graph break; HF reference logits on CPU as a sanity check
 step 150 tests $PY -m pytest -q -p no:cacheprovider tests/model/test_moe_dispatch.py tests/model/test_compile.py \
     tests/model/test_hf_reference.py
@@ -57,4 +97,5 @@ step 90 dispatch bash -c "$PY experiments/bench_moe_block.py --device cuda --tok
 # fp16 on the GPU: router in fp32, the scaler's skipped step leaves the router biases alone, auto precision
 step 60 precision_tests $PY -m pytest -q -p no:cacheprovider tests/training/test_precision.py
 [[ -d /tmp/cuda_demo ]] && ls /tmp/cuda_demo | tee -a "$OUT/log.txt"
+[[ -d $RUN ]] && ls -R $RUN | head -40 | tee -a "$OUT/log.txt"
 log done
