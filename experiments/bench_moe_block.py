@@ -52,7 +52,7 @@ def main() -> None:
     grad = torch.randn_like(x)
 
     blocks = {}
-    for impl in ("loop", "grouped_mm", "bmm"):
+    for impl in ("loop", "grouped_mm", "bmm", "capacity"):
         torch.manual_seed(0)
         blocks[f"moe {impl}"] = MoE(dataclasses.replace(base, moe_impl=impl)).to(device)
     for moe in blocks.values():
@@ -85,7 +85,7 @@ def main() -> None:
     times = interleaved({name: run(b) for name, b in blocks.items()}, args.reps, args.warmup, device)
     summary = summarise(times, "dense SwiGLU")
     print(table(summary, "dense SwiGLU", "ms"))
-    best = min(("moe loop", "moe grouped_mm", "moe bmm"), key=lambda n: summary[n]["median_s"])
+    best = min(("moe loop", "moe grouped_mm", "moe bmm", "moe capacity"), key=lambda n: summary[n]["median_s"])
     ratios = {"best_moe_path": best, "moe_over_dense": summary[best]["ratio"]}
     if hf is not None:
         ratios["hf_over_moe"] = summary["HF DeepseekV3MoE eager"]["median_s"] / summary[best]["median_s"]

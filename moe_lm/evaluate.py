@@ -147,15 +147,21 @@ def gsm8k_task(cfg: EvaluateConfig, model, tok, out: Path) -> dict[str, Any]:
 
 def main(cfg: EvaluateConfig) -> None:
     from moe_lm.errors import CheckpointError
+    from moe_lm.inference.expert_control import apply_expert_control
     from moe_lm.io.checkpoint import load_model
 
-    model, tok, _ = load_model(cfg.ckpt, cfg.device)
+    model, tok, run_cfg = load_model(cfg.ckpt, cfg.device)
     if tok is None:
         raise CheckpointError(f"ckpt: {cfg.ckpt} carries no tokenizer, so its text cannot be tokenised")
+    steered = apply_expert_control(model, cfg.experts, run_cfg)
+    if steered:
+        print(steered)
     out = out_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     task = {"lm": lm_task, "knockout": knockout_task, "gsm8k": gsm8k_task}[cfg.task]
     report = task(cfg, model, tok, out)
+    if steered:
+        report["experts"] = {"drop": cfg.experts.drop, "force": cfg.experts.force, "applied": steered}
     write_text_atomic(out / "eval.json", json.dumps(report, indent=2))
     print(f"wrote {out / 'eval.json'}")
 

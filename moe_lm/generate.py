@@ -27,9 +27,13 @@ def main(cfg: GenerateConfig) -> None:
     from moe_lm.errors import CheckpointError
     from moe_lm.io.checkpoint import load_model
     from moe_lm.inference.decode import column_major_weights, stream_text
+    from moe_lm.inference.expert_control import apply_expert_control
 
     prompt = None if cfg.chat else read_prompt(cfg.prompt, cfg.prompt_file)  # bad input fails before the load
-    model, tok, _ = load_model(cfg.ckpt, cfg.device)
+    model, tok, run_cfg = load_model(cfg.ckpt, cfg.device)
+    steered = apply_expert_control(model, cfg.experts, run_cfg)
+    if steered:  # on stderr: stdout holds the text alone
+        print(steered, file=sys.stderr)
     if cfg.device == "cpu" and not cfg.compile:  # MKL's one-row matmuls read it faster; compiled steps have their own
         column_major_weights(model)
     if tok is None:

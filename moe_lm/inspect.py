@@ -20,12 +20,16 @@ EXAMPLE = 'python -m moe_lm.inspect ckpt=runs/overfit_100_lines/checkpoints/fina
 def main(cfg: InspectConfig) -> None:
     from moe_lm.errors import CheckpointError
     from moe_lm.io.checkpoint import load_model
+    from moe_lm.inference.expert_control import apply_expert_control
     from moe_lm.inference.logit_lens import expert_names, report
 
     prompt = read_prompt(cfg.prompt, cfg.prompt_file)
     model, tok, run_cfg = load_model(cfg.ckpt)
     if tok is None:
         raise CheckpointError(f"ckpt: {cfg.ckpt} carries no tokenizer")
+    steered = apply_expert_control(model, cfg.experts, run_cfg)
+    if steered:
+        print(steered)
     print(report(model, tok, prompt, cfg.top, expert_names(run_cfg)))
 
 

@@ -14,7 +14,8 @@ command's primary schema and the Hydra registration); `base` holds `ConfigError`
 """
 
 from moe_lm.config.base import ConfigError, resources_dir
-from moe_lm.config.commands import (DATA_SCHEMAS, SCHEMAS, EvalDataConfig, EvaluateConfig, ExportConfig, GenerateConfig,
+from moe_lm.config.commands import (DATA_SCHEMAS, SCHEMAS, EvalDataConfig, EvaluateConfig, ExpertControlConfig,
+                                    ExportConfig, GenerateConfig,
                                     InspectConfig, PlanConfig, ReportConfig, SamplingConfig, ScalingConfig, TrainConfig,
                                     register_configs)
 from moe_lm.config.data import (DataConfig, DomainConfig, DomainsDataConfig, LinesDataConfig, PrepareConfig, SourceConfig,
@@ -25,7 +26,7 @@ from moe_lm.config.training import (CheckpointConfig, EvalConfig, LoggerConfig, 
 
 __all__ = [
     "ACTIVATIONS", "ARCHITECTURE_SWITCHES", "DATA_SCHEMAS", "SCHEMAS", "CheckpointConfig", "ConfigError", "DataConfig",
-    "DomainConfig", "DomainsDataConfig", "EvalConfig", "EvalDataConfig", "EvaluateConfig", "ExportConfig",
+    "DomainConfig", "DomainsDataConfig", "EvalConfig", "EvalDataConfig", "EvaluateConfig", "ExpertControlConfig", "ExportConfig",
     "GenerateConfig", "InspectConfig", "LinesDataConfig", "LoggerConfig", "ModelConfig", "OptimizerConfig",
     "PathsConfig", "PlanConfig", "PrecisionConfig", "PrepareConfig", "ReportConfig", "RoutingConfig", "SamplingConfig",
     "ScalingConfig", "SchedulerConfig", "SourceConfig", "StrategyConfig", "TokenizerConfig", "TrainConfig",

@@ -108,6 +108,26 @@ class SamplingConfig:
 
 
 @dataclass
+class ExpertControlConfig:
+    """`experts.*` of generate, inspect and evaluate (moe_lm/inference/expert_control.py): routed experts named by
+    their domain in the checkpoint's data config (or by number) that are never chosen, or always hold a slot."""
+
+    drop: List[str] = field(default_factory=list)  # never chosen; the router renormalises over the rest
+    force: str = ""  # always one of each token's top-k (the forced warm start's rule)
+
+    def __post_init__(self) -> None:
+        self.drop = [str(d) for d in self.drop]
+        self.force = str(self.force) if self.force is not None else ""
+        _check(len(set(self.drop)) == len(self.drop), "experts.drop", f"names an expert twice: {self.drop}")
+        _check(not self.force or self.force not in self.drop, "experts.force",
+               f"{self.force} is also in experts.drop")
+
+    @property
+    def active(self) -> bool:
+        return bool(self.drop or self.force)
+
+
+@dataclass
 class GenerateConfig(SamplingConfig):
     """`python -m moe_lm.generate`: conf/generate.yaml."""
 
@@ -117,6 +137,7 @@ class GenerateConfig(SamplingConfig):
     chat: bool = False
     echo: bool = True  # print the prompt before its continuation
     device: str = "cpu"
+    experts: ExpertControlConfig = field(default_factory=ExpertControlConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -132,6 +153,7 @@ class InspectConfig:
     prompt: str = ""
     prompt_file: str = ""  # the prompt is this file's text ('-' = stdin), instead of prompt=
     top: int = 5
+    experts: ExpertControlConfig = field(default_factory=ExpertControlConfig)
 
     def __post_init__(self) -> None:
         _check(bool(self.ckpt), "ckpt", "required, e.g. ckpt=runs/overfit_100_lines/checkpoints/final.ckpt")
@@ -242,6 +264,7 @@ class EvaluateConfig:
     vocab_top: int = 10  # task=lm: tokens listed per expert (highest lift), 0 = no vocabulary view
     vocab_min_count: int = 20  # task=lm: a token's slots on an expert needed to be listed for it
     out: str = ""  # where eval.json & co go; empty = <run dir>/eval beside the checkpoint's checkpoints/
+    experts: ExpertControlConfig = field(default_factory=ExpertControlConfig)
 
     def __post_init__(self) -> None:
         _check(bool(self.ckpt), "ckpt", "required, e.g. ckpt=runs/overfit_100_lines/checkpoints/final.ckpt")

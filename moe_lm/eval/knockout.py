@@ -23,7 +23,8 @@ from moe_lm.model import MoETransformer
 
 @contextmanager
 def experts_removed(model: MoETransformer, experts: Sequence[int]) -> Iterator[None]:
-    """Within the block, the given routed experts are never chosen, in every MoE layer."""
+    """Within the block, the given routed experts are never chosen, in every MoE layer (besides any removed already,
+    by experts.drop)."""
     layers = model.moe_layers()
     if model.cfg.router_type != "token_choice":
         raise ConfigError(f"model.router_type: knockout needs token_choice routing, the model has "
@@ -32,17 +33,20 @@ def experts_removed(model: MoETransformer, experts: Sequence[int]) -> Iterator[N
     bad = [e for e in experts if not 0 <= e < E]
     if bad:
         raise ConfigError(f"experts {bad}: the model has routed experts 0..{E - 1}")
-    if len(set(experts)) > E - model.cfg.top_k:
-        raise ConfigError(f"removing {len(set(experts))} of {E} experts leaves fewer than top_k={model.cfg.top_k}")
+    before = [moe.gate.removed_experts for moe in layers]
     mask = torch.zeros(E, dtype=torch.bool)
     mask[list(experts)] = True
+    if before and before[0] is not None:
+        mask |= before[0].cpu()
+    if int(mask.sum()) > E - model.cfg.top_k:
+        raise ConfigError(f"removing {int(mask.sum())} of {E} experts leaves fewer than top_k={model.cfg.top_k}")
     try:
         for moe in layers:
             moe.gate.removed_experts = mask.to(moe.gate.weight.device)
         yield
     finally:
-        for moe in layers:
-            moe.gate.removed_experts = None
+        for moe, prev in zip(layers, before):
+            moe.gate.removed_experts = prev
 
 
 def ratios(rise: torch.Tensor, domains: Sequence[str], experts: Sequence[Optional[int]]) -> dict[str, dict[str, Any]]:

@@ -39,8 +39,10 @@ class TopkRouter(nn.Module):
         self.use_bias = cfg.use_aux_free_bias
         self.weight = nn.Parameter(torch.empty(cfg.n_routed_experts, cfg.d_model))
         self.register_buffer("e_score_correction_bias", torch.zeros(cfg.n_routed_experts))
-        # (E,) bool: experts removed from routing (never chosen), for knockout evaluation; None = all experts
+        # (E,) bool: experts removed from routing (never chosen), for knockout evaluation and experts.drop
         self.removed_experts: Optional[torch.Tensor] = None
+        # a routed expert that always holds one of each token's top-k slots (experts.force); None = none
+        self.always_expert: Optional[int] = None
 
     def forward(self, x: torch.Tensor, forced: Optional[torch.Tensor] = None) -> RouterOutput:
         """x: (N, D). forced: optional (N,) expert that must hold one of each token's top-k slots (-1: none)."""
@@ -55,6 +57,9 @@ class TopkRouter(nn.Module):
         if forced is not None:  # the own expert ranks first; the other K-1 slots are the router's choice
             own = (forced[:, None] == torch.arange(choice.shape[-1], device=choice.device))  # (N, E), all False at -1
             choice = choice.masked_fill(own, float("inf"))
+        if self.always_expert is not None:
+            choice = choice.masked_fill(torch.arange(choice.shape[-1], device=choice.device) == self.always_expert,
+                                        float("inf"))
         topk_idx = choice.topk(self.top_k, dim=-1).indices  # (N, K)
         topk_weight = scores.gather(-1, topk_idx)  # (N, K): unbiased scores
         if self.norm_topk_prob:
