@@ -1,4 +1,5 @@
-"""LightningModule: next-token loss plus the balance losses, the optimizer, and the router-bias step.
+"""LightningModule: next-token loss plus the balance losses, the optimizer, and the router-bias step; the experts'
+warm start is moe_lm/training/warm_start.py.
 
 Lightning owns the loop and the model (moe_lm.model) is plain PyTorch. Everything that only watches training
 lives in callbacks (moe_lm/training/callbacks.py, routing_monitor.py): `training_step` and `validation_step`
@@ -8,7 +9,6 @@ return the detached routing tensors they need.
 from __future__ import annotations
 
 import dataclasses
-from collections import deque
 from typing import Any, Optional, Sequence
 
 import lightning as L
@@ -18,14 +18,13 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics.aggregation import MeanMetric
 
 from moe_lm.config import TrainConfig
-from moe_lm.data.mixture import round_robin_order
 from moe_lm.data.text_lines import IGNORE_INDEX
 from moe_lm.errors import NonFiniteError
 from moe_lm.model import MoETransformer
 from moe_lm.training.checkpointing import check_architecture
 from moe_lm.training.distributed import clip_grad_norm, mean_over_processes
-from moe_lm.training.guidance import expert_targets, forced_experts, guided_coef, router_supervision_loss
 from moe_lm.training.optim import apply_current_settings, configure_optimizers
+from moe_lm.training.warm_start import WarmStart
 
 
 class MoELitModule(L.LightningModule):
@@ -35,13 +34,7 @@ class MoELitModule(L.LightningModule):
         self.cfg, self.tokenizer, self.domains = cfg, tokenizer, list(domains)
         self.model = MoETransformer(cfg.model)
         self.model.gradient_checkpointing = cfg.trainer.gradient_checkpointing
-        # routed expert of each domain (-1: none), for the guided warm start
-        self.register_buffer("domain_expert", expert_targets(experts or [None] * len(self.domains)), persistent=False)
-        self.warm_steps = getattr(cfg.data, "round_robin_steps", 0)
-        # warm_balance=window: the (L, E) expert loads of the last steps, as many as the domains cycled
-        window = len(round_robin_order(cfg.data)) if hasattr(cfg.data, "domains") else 1
-        self.load_window: deque[torch.Tensor] = deque(maxlen=max(1, window))
-        self.warm_now = False  # whether the current optimizer step is in the warm start
+        self.warm = WarmStart(cfg, experts, len(self.domains))
         self.val_loss = MeanMetric()  # token-weighted: each batch's mean counts by its number of targets
         self.val_domain_loss = torch.nn.ModuleList(MeanMetric() for _ in self.domains)  # one val loader each
         # sum of the current optimizer step's micro-batch losses
@@ -58,33 +51,12 @@ class MoELitModule(L.LightningModule):
             self._init_router()  # a fresh run only: a resumed one has its router rows in the checkpoint
 
     def _init_router(self) -> None:
-        from moe_lm.training.router_init import domain_batches, domain_mean_router_inputs, init_router_from_domains
+        self.print(self.warm.init_router(self.model, self.trainer.datamodule, self.cfg.seed))
 
-        dm = self.trainer.datamodule
-        batches = domain_batches(dm.train_shards, dm.plan, self.cfg.routing.router_init_batches, self.cfg.seed)
-        means = domain_mean_router_inputs(self.model, batches, len(self.domains))
-        experts = [None if e < 0 else e for e in self.domain_expert.tolist()]
-        info = init_router_from_domains(self.model, means, experts)
-        cos = torch.tensor(info["row_cosines"])  # (L, E', E')
-        off = cos[:, ~torch.eye(cos.shape[-1], dtype=torch.bool)]
-        self.print(f"router rows of experts {info['experts']} set from the domains' mean router inputs "
-                   f"({len(batches)} batches); cosine between rows: mean {off.mean():.3f}, max {off.max():.3f}")
-
-    def _warm_switches(self, batch: dict[str, torch.Tensor]) -> Optional[torch.Tensor]:
-        """Set up the warm start's routing and balance for this micro-batch; the forced experts (B, T) or None."""
-        r = self.cfg.routing
-        self.warm_now = warm = self.training and self.global_step < self.warm_steps
-        if r.warm_balance == "window":  # the aux loss's loads: this batch's and the window's earlier steps'
-            prior, earlier = None, list(self.load_window)[1 - self.load_window.maxlen:]  # the last n - 1 steps
-            if warm and earlier and self.load_window.maxlen > 1:
-                stacked = torch.stack([t.to(self.device) for t in earlier])  # (n - 1, L, E)
-                shares = stacked / stacked.sum(-1, keepdim=True).clamp_min(1)
-                prior = [(layer, len(earlier)) for layer in shares.sum(0)]
-            for i, moe in enumerate(self.model.moe_layers()):
-                moe.balance_prior = None if prior is None else prior[i]
-        if warm and r.warm_routing == "forced":
-            return forced_experts(batch["domain"], self.domain_expert, batch["input_ids"].shape[1])
-        return None
+    @property
+    def load_window(self):
+        """The warm start's balance window (moe_lm/training/warm_start.py)."""
+        return self.warm.load_window
 
     def _step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         """(loss to optimise, cross-entropy over valid targets, detached routing tensors for the callbacks)."""
@@ -92,7 +64,7 @@ class MoELitModule(L.LightningModule):
         valid = targets != IGNORE_INDEX  # (B, T)
         # the LM head fused with the loss; padding targets count for nothing there, nor in the routing statistics
         # (fixed shapes throughout: a compiled model has no data-dependent shape to break on)
-        forced = self._warm_switches(batch)
+        forced = self.warm.begin(self.model, self.global_step, self.training, batch)
         out = self.model(batch["input_ids"], token_mask=valid, targets=targets,
                          ce_chunk_size=self.cfg.trainer.ce_chunk_size, forced_expert=forced)
         ce_sum = out.ce_sum
@@ -102,7 +74,7 @@ class MoELitModule(L.LightningModule):
         step_ce = (ce_sum * self.cfg.trainer.accumulate_grad_batches / batch["step_targets"]
                    if self.training and "step_targets" in batch else ce)
         m = self.cfg.model
-        balance = m.use_aux_loss and not (self.warm_now and self.cfg.routing.warm_balance == "off")
+        balance = m.use_aux_loss and not self.warm.balance_off
         loss = (step_ce + (m.aux_loss_coef * out.aux_loss if balance else 0)
                 + (m.z_loss_coef * out.z_loss if m.use_z_loss else 0))
         extra = {}
@@ -112,9 +84,8 @@ class MoELitModule(L.LightningModule):
         if out.mtp_loss is not None:
             extra["train/mtp_loss"] = out.mtp_loss
             loss = loss + m.mtp_loss_weight * out.mtp_loss
-        guide = guided_coef(self.cfg.routing, self.global_step, self.warm_steps) if self.training else 0.0
-        if guide > 0:  # exactly nothing outside the guided warm start
-            sup = router_supervision_loss(out.router_logits, batch["domain"], self.domain_expert, valid)
+        guide, sup = self.warm.guidance(out.router_logits, batch, valid, self.global_step, self.training)
+        if sup is not None:
             loss = loss + guide * sup
             self.log_dict({"train/guided_loss": sup.detach(), "train/guided_coef": guide})
         routing = {"ce": ce.detach(), "n_targets": valid.sum(), "token_mask": valid, "topk_idx": out.topk_idx,
@@ -196,33 +167,20 @@ class MoELitModule(L.LightningModule):
         if self.trainer.world_size > 1:
             for moe in layers:
                 torch.distributed.all_reduce(moe.tokens_per_expert)
-        scope = self.cfg.routing.warm_balance if self.warm_now else "batch"
-        if scope == "off":  # no bias update in the warm start
-            for moe in layers:
-                moe.tokens_per_expert.zero_()
-        elif scope == "window" and layers:  # the bias sees the loads of the window's steps
-            self.load_window.append(torch.stack([moe.tokens_per_expert for moe in layers]).detach().clone())
-            for moe, load in zip(layers, torch.stack([t.to(self.device) for t in self.load_window]).sum(0)):
-                moe.tokens_per_expert.copy_(load)
-        elif self.load_window:  # after the warm start: the usual balancing
-            self.load_window.clear()
-            for moe in layers:
-                moe.balance_prior = None
+        self.warm.after_optimizer_step(self.model)
         self.model.update_router_biases()  # once per optimizer step, after accumulation
 
     # ---- checkpoint: what the model is ---------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["moe_lm_config"] = dataclasses.asdict(self.cfg)  # plain dict: safe to load
-        if self.load_window:  # the balance window of the warm start (plain lists: safe to load)
-            checkpoint["balance_window"] = [t.tolist() for t in self.load_window]
+        checkpoint.update(self.warm.state())  # the balance window of the warm start (plain lists: safe to load)
         if self.tokenizer is not None:
             checkpoint["tokenizer_json"] = self.tokenizer.to_str()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         check_architecture(checkpoint, self.cfg.model)  # before the weights load: a clear message, not a shape error
         changed = apply_current_settings(checkpoint, self.model, self.cfg)  # before the optimizer state loads
-        self.load_window.clear()
-        self.load_window.extend(torch.tensor(t) for t in checkpoint.get("balance_window", []))
+        self.warm.load_state(checkpoint)
         if changed:
             rank_zero_warn("resuming with changed optimizer/schedule settings, applied from this step on:\n  "
                            + "\n  ".join(changed))

@@ -66,11 +66,11 @@ def test_guided_warm_start_routes_each_domain_to_its_expert(fake_shards):
 
 
 def test_the_term_is_absent_after_the_warm_start(fake_shards, monkeypatch):
-    from moe_lm.training import lit_module
+    from moe_lm.training import warm_start
 
     calls = []
-    real = lit_module.router_supervision_loss
-    monkeypatch.setattr(lit_module, "router_supervision_loss", lambda *a: (calls.append(1), real(*a))[1])
+    real = warm_start.router_supervision_loss
+    monkeypatch.setattr(warm_start, "router_supervision_loss", lambda *a: (calls.append(1), real(*a))[1])
     trainer, _ = _fit(fake_shards, "data.round_robin_steps=3", "routing.warm_routing=guided",
                       "routing.guided_anneal=constant", steps=6)
     assert len(calls) == 3  # steps 0, 1, 2 of the warm start; nothing computed or added after it
