@@ -9,8 +9,9 @@ from typing import Any, List, Optional
 from moe_lm.config.base import ConfigError, _check, _one_of, resources_dir
 from moe_lm.config.data import DataConfig, DomainsDataConfig, LinesDataConfig, PrepareConfig, TokenizerConfig
 from moe_lm.config.model import ModelConfig
-from moe_lm.config.training import (CheckpointConfig, EvalConfig, LoggerConfig, OptimizerConfig, PathsConfig,
-                                    PrecisionConfig, RoutingConfig, SchedulerConfig, StrategyConfig, TrainerConfig)
+from moe_lm.config.training import (CheckpointConfig, EvalConfig, GrowConfig, LoggerConfig, OptimizerConfig,
+                                    PathsConfig, PrecisionConfig, RoutingConfig, SchedulerConfig, StrategyConfig,
+                                    TrainerConfig)
 
 
 @dataclass
@@ -26,6 +27,7 @@ class TrainConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
+    grow: GrowConfig = field(default_factory=GrowConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
@@ -70,6 +72,21 @@ class TrainConfig:
         for name, d in getattr(self.data, "domains", {}).items():
             _check(d.expert is None or 0 <= d.expert < self.model.n_routed_experts, f"data.domains.{name}.expert",
                    f"{d.expert} is not a routed expert of a model with {self.model.n_routed_experts}")
+        for name in r.forced_domains:
+            _check(name in getattr(self.data, "domains", {}), "routing.forced_domains",
+                   f"{name!r} is not a domain of data.domains")
+        if self.grow.domain:
+            self._check_grow()
+
+    def _check_grow(self) -> None:
+        g, E = self.grow, self.model.n_routed_experts
+        _check(self.init_from.startswith("ckpt:"), "grow.domain",
+               "grows a trained MoE: give its checkpoint as init_from=ckpt:PATH")
+        domains = getattr(self.data, "domains", {})
+        _check(g.domain in domains, "grow.domain", f"{g.domain!r} is not a domain of data.domains "
+                                                   f"({', '.join(domains) or 'no multi-domain data: data=domains'})")
+        _check(domains[g.domain].expert == E - 1, f"data.domains.{g.domain}.expert",
+               f"must be the new routed expert {E - 1} (model.n_routed_experts={E}, one more than the checkpoint's)")
 
 
 @dataclass

@@ -38,6 +38,8 @@ class RoutingConfig:
     router_init_batches: int = 4  # router_init=domain_mean: batches per domain
     guided_coef: float = 0.1  # weight of the router supervision term at step 0
     guided_anneal: str = "linear"  # linear | cosine | constant (then 0 after the warm start)
+    # warm_routing=forced: only these domains' tokens are forced to their expert (empty: every expert domain)
+    forced_domains: List[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _one_of(self.warm_batches, "routing.warm_batches", ("round_robin", "mixed"))
@@ -62,6 +64,22 @@ class RoutingConfig:
     def warm_steps_needed(self) -> bool:
         """Whether a switch acts during the warm start (so data.round_robin_steps must be > 0)."""
         return self.warm_routing != "learned" or self.warm_balance != "batch"
+
+
+@dataclass
+class GrowConfig:
+    """`grow.*` with init_from=ckpt:PATH: a trained MoE gets one more routed expert, for a domain it never saw
+    (moe_lm/training/grow.py; conf/experiment/add_domain_expert.yaml)."""
+
+    domain: str = ""  # the new domain of data.domains; its expert must be the new one, model.n_routed_experts - 1
+    init: str = "shared"  # the new expert starts as: shared (the shared expert's first hidden units) | most_used
+    # (a copy of the routed expert the new domain's tokens use most, per layer)
+    noise: float = 0.01  # relative std of the Gaussian noise on the copied weights (0: an exact copy)
+    freeze_old: bool = False  # the old routed experts' weights stay as loaded (trainable: false)
+
+    def __post_init__(self) -> None:
+        _one_of(self.init, "grow.init", ("shared", "most_used"))
+        _check(self.noise >= 0, "grow.noise", f"must be >= 0, got {self.noise}")
 
 
 @dataclass

@@ -6,7 +6,7 @@
   one. On resume the checkpoint's weights win; the architecture is resolved the same way, so they fit.
 - `ckpt:PATH`: a moe_lm checkpoint. The architecture is this run's; what the two share is copied, and a dense
   checkpoint's MLPs become this run's experts (upcycling, moe_lm/training/upcycle.py). The data must use the
-  checkpoint's tokenizer.
+  checkpoint's tokenizer. With grow.domain, the checkpoint's MoE gains one routed expert (moe_lm/training/grow.py).
 """
 
 from __future__ import annotations
@@ -39,7 +39,12 @@ def resolve_init(cfg: TrainConfig) -> tuple[TrainConfig, Tokenizer | None]:
         from moe_lm.training.upcycle import check_compatible, read_source
 
         src_cfg, _, tok_json = read_source(path)
-        check_compatible(src_cfg, cfg.model)
+        if cfg.grow.domain:
+            from moe_lm.training.grow import check_growable
+
+            check_growable(src_cfg, cfg.model)
+        else:
+            check_compatible(src_cfg, cfg.model)
         return cfg, Tokenizer.from_str(tok_json) if tok_json else None
     from moe_lm.io.hf_dir import hf_model_config
 

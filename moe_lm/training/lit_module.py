@@ -23,6 +23,7 @@ from moe_lm.errors import NonFiniteError
 from moe_lm.model import MoETransformer
 from moe_lm.training.checkpointing import check_architecture
 from moe_lm.training.distributed import clip_grad_norm, mean_over_processes
+from moe_lm.training.grow import FrozenExperts
 from moe_lm.training.optim import apply_current_settings, configure_optimizers
 from moe_lm.training.warm_start import WarmStart
 
@@ -34,7 +35,10 @@ class MoELitModule(L.LightningModule):
         self.cfg, self.tokenizer, self.domains = cfg, tokenizer, list(domains)
         self.model = MoETransformer(cfg.model)
         self.model.gradient_checkpointing = cfg.trainer.gradient_checkpointing
-        self.warm = WarmStart(cfg, experts, len(self.domains))
+        self.warm = WarmStart(cfg, experts, self.domains)
+        # grow.freeze_old: the checkpoint's routed experts stay as loaded
+        frozen = cfg.grow.domain and cfg.grow.freeze_old
+        self.frozen = FrozenExperts(cfg.model.n_routed_experts - 1) if frozen else None
         self.val_loss = MeanMetric()  # token-weighted: each batch's mean counts by its number of targets
         self.val_domain_loss = torch.nn.ModuleList(MeanMetric() for _ in self.domains)  # one val loader each
         # sum of the current optimizer step's micro-batch losses
@@ -47,6 +51,10 @@ class MoELitModule(L.LightningModule):
         if self.trainer.world_size > 1:  # the balance loss sees the global batch's expert loads
             for moe in self.model.moe_layers():
                 moe.counts_reducer = mean_over_processes
+        if self.cfg.grow.domain and self.trainer.ckpt_path is None:  # a fresh run: the checkpoint, one expert more
+            from moe_lm.training.grow import grow_from_checkpoint
+
+            self.print(grow_from_checkpoint(self.model, self.cfg, self.trainer.datamodule))
         if self.cfg.routing.router_init == "domain_mean" and self.trainer.ckpt_path is None:
             self._init_router()  # a fresh run only: a resumed one has its router rows in the checkpoint
 
@@ -158,7 +166,11 @@ class MoELitModule(L.LightningModule):
         # then stay too, and that step's expert loads are dropped
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         scale = scaler.get_scale() if scaler is not None else None
+        if self.frozen is not None:
+            self.frozen.before_step(self.model)
         super().optimizer_step(*args, **kwargs)
+        if self.frozen is not None:
+            self.frozen.after_step(self.model)
         layers = self.model.moe_layers()
         if scaler is not None and scaler.get_scale() < scale:
             for moe in layers:

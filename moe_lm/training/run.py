@@ -167,7 +167,7 @@ def fit(cfg: TrainConfig, out: Path, ckpt_path: str | None, experiment: str = ""
     tok, dm = build_data(cfg, out, init_tok)
     domains = list(getattr(dm, "names", ()))
     module = MoELitModule(cfg, tok, domains, [cfg.data.domains[d].expert for d in domains])
-    if cfg.init_from and not ckpt_path:
+    if cfg.init_from and not ckpt_path and not cfg.grow.domain:  # growing loads at fit start (it needs the data)
         load_init_weights(module.model, cfg)
     if cfg.trainer.compile:
         compile_model(module.model, cfg.trainer)

@@ -1,6 +1,7 @@
 """The experts' warm start (conf/routing/default.yaml), in the first `data.round_robin_steps` optimizer steps:
 
-- warm_routing=forced: each expert domain's tokens hold their expert in every top-k (moe_lm/training/guidance.py);
+- warm_routing=forced: each expert domain's tokens (or those of routing.forced_domains) hold their expert in
+  every top-k (moe_lm/training/guidance.py);
 - warm_routing=guided: a router supervision term, annealed to 0 at the warm start's end;
 - warm_balance: the balance loss and the bias update over this batch (batch), over the last steps' loads, one
   step per domain of the round-robin cycle (window), or not at all (off);
@@ -29,11 +30,15 @@ class WarmStart(nn.Module):
     """The warm start's state: each domain's expert (a buffer: it follows the model's device), the balance window,
     and whether the current optimizer step is in the warm start."""
 
-    def __init__(self, cfg: TrainConfig, experts: Sequence[Optional[int]], n_domains: int) -> None:
+    def __init__(self, cfg: TrainConfig, experts: Sequence[Optional[int]], domains: Sequence[str]) -> None:
         super().__init__()
         self.routing, self.steps = cfg.routing, getattr(cfg.data, "round_robin_steps", 0)
-        # routed expert of each domain (-1: none)
-        self.register_buffer("domain_expert", expert_targets(experts or [None] * n_domains), persistent=False)
+        experts = list(experts) or [None] * len(domains)
+        # routed expert of each domain (-1: none), and the one its tokens are forced to (routing.forced_domains)
+        self.register_buffer("domain_expert", expert_targets(experts), persistent=False)
+        forced = [e if not cfg.routing.forced_domains or d in cfg.routing.forced_domains else None
+                  for d, e in zip(domains, experts)]
+        self.register_buffer("forced_expert", expert_targets(forced), persistent=False)
         # warm_balance=window: the (L, E) expert loads of the last steps, as many as the domains cycled
         window = len(round_robin_order(cfg.data)) if hasattr(cfg.data, "domains") else 1
         self.load_window: deque[torch.Tensor] = deque(maxlen=max(1, window))
@@ -52,7 +57,7 @@ class WarmStart(nn.Module):
             for i, moe in enumerate(model.moe_layers()):
                 moe.balance_prior = None if prior is None else prior[i]
         if warm and self.routing.warm_routing == "forced":
-            return forced_experts(batch["domain"], self.domain_expert, batch["input_ids"].shape[1])
+            return forced_experts(batch["domain"], self.forced_expert, batch["input_ids"].shape[1])
         return None
 
     @property
