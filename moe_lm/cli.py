@@ -106,7 +106,7 @@ def sweep_jobs(argv: Sequence[str]) -> list[list[str]] | None:
     """Overrides of the jobs a Hydra command line runs, enough to check each value once: Hydra's flags and
     `hydra.*` keys left out; under -m, the first job (every sweep list at its first value) and, for each other
     value of a list, the first job with that value. None where a sweep function (`choice(...)`, ...) is used."""
-    fixed, swept, skip = [], {}, False
+    fixed, swept, skip, deleted = [], {}, False, []
     multirun = "-m" in argv or "--multirun" in argv
     for word in argv:
         if skip:
@@ -114,6 +114,9 @@ def sweep_jobs(argv: Sequence[str]) -> list[list[str]] | None:
             continue
         if word in HYDRA_VALUE_FLAGS:
             skip = True
+            continue
+        if word.startswith("~") and "=" not in word and not word[1:].startswith(("hydra.", "hydra/")):
+            deleted.append(word)  # a key deleted from the config: in every job
             continue
         if word.startswith("-") or word.lstrip("+~").startswith(("hydra.", "hydra/")) or "=" not in word:
             continue
@@ -128,7 +131,7 @@ def sweep_jobs(argv: Sequence[str]) -> list[list[str]] | None:
     for i, (key, _) in enumerate(fixed):
         for value in swept.get(key, [])[1:]:
             jobs.append(first[:i] + [f"{key}={value}"] + first[i + 1:])
-    return jobs
+    return [deleted + job for job in jobs]
 
 
 def check_command_line(argv: Sequence[str], config_name: str = "config") -> None:

@@ -34,7 +34,19 @@ def is_log_step(trainer: L.Trainer) -> bool:
 
 
 class StepProgressBar(RichProgressBar):
-    """Lightning's Rich bar, titled with optimizer steps: runs stop at max_steps, so its `Epoch 3/-2` says nothing."""
+    """Lightning's Rich bar, titled with optimizer steps: runs stop at max_steps, so its `Epoch 3/-2` says nothing.
+    Its loss is read at logging steps only: a `prog_bar=True` metric is copied to the host after every batch,
+    which would make every step wait for the device."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._loss: float | None = None
+
+    def get_metrics(self, trainer, pl_module):
+        items = super().get_metrics(trainer, pl_module)
+        if self._loss is not None:
+            items["loss"] = f"{self._loss:.4g}"
+        return items
 
     def _get_train_description(self, current_epoch: int) -> str:
         desc = f"step {self.trainer.global_step}/{self.trainer.max_steps}"
@@ -43,6 +55,8 @@ class StepProgressBar(RichProgressBar):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         """Count optimizer steps, not batches, and retitle the bar: Lightning sets its title once per epoch, and a
         run here is one endless epoch, so the title would stay at step 0."""
+        if is_log_step(trainer) and "train/loss" in trainer.callback_metrics:
+            self._loss = float(trainer.callback_metrics["train/loss"])
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         if self.progress is not None and self.train_progress_bar_id is not None:
             self.progress.update(self.train_progress_bar_id, completed=trainer.global_step, total=trainer.max_steps,

@@ -110,7 +110,6 @@ class MoELitModule(L.LightningModule):
         self.log_dict({"train/loss": ce.detach(), "train/ppl": ce.detach().exp(), "train/aux_loss": routing["aux_loss"],
                        "train/z_loss": routing["z_loss"], **routing.pop("extra_losses")},
                       sync_dist=self.trainer.world_size > 1)
-        self.log("loss", ce.detach(), prog_bar=True, logger=False)
         return {"loss": loss, **routing}
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:

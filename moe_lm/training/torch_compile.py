@@ -42,7 +42,8 @@ def compile_report() -> dict[str, Any]:
 
 
 def report_line(report: dict[str, Any]) -> str:
-    line = f"compile: {report['graphs']} graphs, {report['graph_breaks']} graph breaks"
+    g, b = report["graphs"], report["graph_breaks"]
+    line = f"compile: {g} graph{'s' * (g != 1)}, {b} graph break{'s' * (b != 1)}"
     if report["break_reasons"]:
         line += " (" + "; ".join(report["break_reasons"][:3]) + ")"
     return line

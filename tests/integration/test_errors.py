@@ -116,6 +116,9 @@ def test_sweep_jobs_check_each_value_once_and_leave_hydra_flags_out():
                                 ["seed=1", "model=moe_tiny", "+arm=b"], ["seed=1", "model=moe_tiny", "+arm=c"]]
     assert sweep_jobs(["seed=1,2"]) == [["seed=1,2"]]  # not a sweep without -m: Hydra reads it as it is
     assert sweep_jobs(["-m", "seed=range(1,3)"]) is None
+    # a deleted key is deleted in every job checked (a domain left out of data.domains)
+    assert sweep_jobs(["-m", "~data.domains.chat", "seed=1,2"]) == [["~data.domains.chat", "seed=1"],
+                                                                     ["~data.domains.chat", "seed=2"]]
 
 
 def test_a_train_typo_is_one_line_and_exit_2_from_the_process(tmp_path):

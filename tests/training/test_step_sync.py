@@ -55,3 +55,23 @@ def test_the_check_can_fail():
             with pytest.raises(HostSync):
                 read()
     assert x.sum().item() == 3.0  # restored on exit
+
+
+def test_training_steps_log_nothing_lightning_copies_to_the_host_every_batch(fake_shards, monkeypatch):
+    """A `prog_bar=True` metric is converted to a Python number after every batch (a host read per step); the
+    training step logs none, and the progress bar reads the loss at logging steps only."""
+    import lightning as L
+
+    from tests.training.test_guidance import _fit
+
+    seen = []
+
+    class Watch(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen.append(dict(trainer.progress_bar_metrics))
+
+    import tests.training.test_guidance as guidance
+
+    monkeypatch.setattr(guidance, "RunState", Watch)  # _fit's first callback, swapped for the watcher
+    _fit(fake_shards, steps=3)
+    assert len(seen) == 3 and all(m == {} for m in seen), seen
