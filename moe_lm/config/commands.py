@@ -186,8 +186,13 @@ class ExportConfig:
     out: str = ""
     dtype: str = "float32"  # float32 | bfloat16 | float16: the dtype of the exported weights
     max_shard_mb: int = 2000  # weights above this are split into model-0000i-of-0000n.safetensors + an index
+    # refused when set: the export writes the routing the model was trained with (docs/export.md)
+    experts: ExpertControlConfig = field(default_factory=ExpertControlConfig)
 
     def __post_init__(self) -> None:
+        _check(not self.experts.active, "experts.drop" if self.experts.drop else "experts.force",
+               "the export writes the routing the model was trained with; steering the experts is a setting of "
+               "generate, inspect and evaluate (of moe_lm, or of the exported directory read back with ckpt=DIR)")
         _check(bool(self.ckpt), "ckpt", "required, e.g. ckpt=runs/overfit_100_lines/checkpoints/final.ckpt")
         _check(bool(self.out), "out", "required: the directory to write, e.g. out=runs/export/moe_100m")
         _one_of(self.dtype, "dtype", ("float32", "bfloat16", "float16"))

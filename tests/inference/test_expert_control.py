@@ -138,3 +138,8 @@ def test_a_dense_model_or_one_trained_without_domains_is_refused(tiny_ckpt, make
     assert resolve(ExpertControlConfig(drop=["3"]), model, run_cfg) == ([3], None)
     with pytest.raises(ConfigError, match="experts.force: 5 is also in experts.drop"):
         ExpertControlConfig(drop=["5"], force="5")
+
+
+def test_the_export_refuses_a_steered_routing():
+    with pytest.raises(ConfigError, match="experts.drop: the export writes the routing the model was trained with"):
+        compose(["ckpt=x.ckpt", "out=/tmp/x", "experts.drop=[math]"], "export")
