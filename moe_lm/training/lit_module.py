@@ -19,10 +19,10 @@ from torchmetrics.aggregation import MeanMetric
 
 from moe_lm.config import TrainConfig
 from moe_lm.data.text_lines import IGNORE_INDEX
-from moe_lm.errors import NonFiniteError
 from moe_lm.model import MoETransformer
 from moe_lm.training.checkpointing import check_architecture
 from moe_lm.training.distributed import clip_grad_norm, mean_over_processes
+from moe_lm.training.finite_guard import FiniteGuard
 from moe_lm.training.grow import FrozenExperts
 from moe_lm.training.optim import apply_current_settings, configure_optimizers
 from moe_lm.training.warm_start import WarmStart
@@ -36,6 +36,7 @@ class MoELitModule(L.LightningModule):
         self.model = MoETransformer(cfg.model)
         self.model.gradient_checkpointing = cfg.trainer.gradient_checkpointing
         self.warm = WarmStart(cfg, experts, self.domains)
+        self.finite = FiniteGuard(cfg.optimizer.lr)  # a non-finite step is never applied (finite_guard.py)
         # grow.freeze_old: the checkpoint's routed experts stay as loaded
         frozen = cfg.grow.domain and cfg.grow.freeze_old
         self.frozen = FrozenExperts(cfg.model.n_routed_experts - 1) if frozen else None
@@ -138,17 +139,17 @@ class MoELitModule(L.LightningModule):
         self.log("train/grad_norm", norm)
         # fp16's grad scaler skips steps with inf gradients by design; a non-finite loss is never expected
         checked = self.step_loss if self.cfg.precision.resolved == "fp16" else self.step_loss + norm
-        if not torch.isfinite(checked):
-            raise NonFiniteError(
-                f"step {self.global_step + 1}: the loss ({self.step_loss.item():.4g}) or gradient norm "
-                f"({norm.item():.4g}) is not finite; stopped before the update, so the last checkpoint holds finite "
-                f"weights. "
-                f"Lower optimizer.lr (now {self.cfg.optimizer.lr:g}) or set optimizer.grad_clip")
+        self.finite.check(optimizer, self.global_step + 1, self.step_loss, norm, checked)
         self.step_loss = torch.zeros_like(self.step_loss)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.trainer.global_step % max(1, self.trainer.log_every_n_steps) == 0:
+            self.finite.raise_if_seen()  # read with the logging step's other host values
 
     def on_train_end(self) -> None:
         """With several processes the router biases must be equal everywhere (each applies the same summed-load
         update); checked once at the end, since a silent divergence would route tokens differently per process."""
+        self.finite.raise_if_seen()
         if self.trainer.world_size == 1:
             return
         for moe in self.model.moe_layers():
@@ -183,6 +184,7 @@ class MoELitModule(L.LightningModule):
 
     # ---- checkpoint: what the model is ---------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.finite.raise_if_seen()  # no checkpoint after a non-finite step
         checkpoint["moe_lm_config"] = dataclasses.asdict(self.cfg)  # plain dict: safe to load
         checkpoint.update(self.warm.state())  # the balance window of the warm start (plain lists: safe to load)
         if self.tokenizer is not None:
