@@ -23,7 +23,7 @@ from moe_lm.model import MoETransformer
 from moe_lm.training.checkpointing import check_architecture
 from moe_lm.training.distributed import clip_grad_norm, mean_over_processes
 from moe_lm.training.finite_guard import FiniteGuard
-from moe_lm.training.grow import FrozenExperts
+from moe_lm.training.grow import FrozenExperts, grow_from_checkpoint
 from moe_lm.training.optim import apply_current_settings, configure_optimizers
 from moe_lm.training.warm_start import WarmStart
 
@@ -53,8 +53,6 @@ class MoELitModule(L.LightningModule):
             for moe in self.model.moe_layers():
                 moe.counts_reducer = mean_over_processes
         if self.cfg.grow.domain and self.trainer.ckpt_path is None:  # a fresh run: the checkpoint, one expert more
-            from moe_lm.training.grow import grow_from_checkpoint
-
             self.print(grow_from_checkpoint(self.model, self.cfg, self.trainer.datamodule))
         if self.cfg.routing.router_init == "domain_mean" and self.trainer.ckpt_path is None:
             self._init_router()  # a fresh run only: a resumed one has its router rows in the checkpoint
