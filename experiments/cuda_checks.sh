@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Every GPU measurement the project asks for, in steps a lent GPU can run at once (its time is short):
 #   OUT=/some/dir bash experiments/cuda_checks.sh [STEP ...]
-# With no step names it runs the training-speed grid (call 1, about 8 minutes on an H100):
-#   env step_tests grid32 grid16 grid8
+# With no step names it runs the sync check and the training-speed grid (call 1, about 8 minutes on an H100):
+#   env sync grid32 grid16 grid8
 # and then, named (call 2, about 8 minutes at the measured 150k tokens/s):
 #   data recipe evaluate knockout
 # recipe_h100 (1,800 steps of 32 x 1024 = 59M tokens) on ../shared/data (DATA_ROOT), prepared on the device; without
 # it, shards and tokenizer prepared here and carried under data/local/ (`bash experiments/cuda_checks.sh data` on the
-# CPU writes them in 13 s). Older checks, run by name only: decode_tests moe_block train_step train_chunks demo
+# CPU writes them in 13 s). Older checks, run by name only: step_tests decode_tests moe_block train_step train_chunks demo
 # generate flash memory dispatch precision_tests.
 # Each step has its own time limit, so a slow one cannot starve the rest; everything is logged to $OUT/log.txt and
 # each benchmark writes its JSON beside it; `python experiments/cuda_results.py $OUT` turns them into the docs'
@@ -20,7 +20,7 @@ DATA_ROOT=${DATA_ROOT:-../shared/data}
 LOCAL=data/local  # the tokenizer and shards of DATA_ROOT
 export PYTHONUNBUFFERED=1 HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false
 log() { echo "=== $(date +%T) $*" | tee -a "$OUT/log.txt"; }
-DEFAULT=" env step_tests grid32 grid16 grid8 "
+DEFAULT=" env sync grid32 grid16 grid8 "
 STEPS=" $* "
 [[ "$STEPS" == "  " ]] && STEPS=$DEFAULT
 step() {  # step SECONDS NAME COMMAND...
@@ -41,12 +41,14 @@ print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"lightning\",
       \"transformers\", transformers.__version__)
 print(\"capability\", torch.cuda.get_device_capability(), \"F.grouped_mm\", hasattr(F, \"grouped_mm\"),
       \"torch._grouped_mm\", hasattr(torch, \"_grouped_mm\"))'"
-# the step compiles to one graph (fullgraph, eager numerics) and reads nothing on the host, here on the GPU too
+# which dispatch paths' training step makes no host-device sync (torch.cuda.set_sync_debug_mode("error"))
+step 60 sync $PY experiments/cuda_sync_check.py --batch 8 --seq 1024
+# the CPU proofs, on the device's torch (by name only: they run on the CPU)
 step 60 step_tests $PY -m pytest -q -p no:cacheprovider tests/model/test_train_step_graph.py \
     tests/training/test_step_sync.py tests/model/test_moe_dispatch.py -m "not slow"
 # compiled moe_100m per dispatch path, eager / compiled / CUDA graphs, beside the dense twin: tokens/s, MFU, peak
 # memory; the recipe's micro-batch first (recipe_h100: 32 x 1024), then 16 (recipe_a100) and 8 (recipe_t4)
-step 300 grid32 $GRID --batch 32 --grid grouped_mm,capacity,capacity@1.25 --modes eager,default,reduce-overhead \
+step 300 grid32 $GRID --batch 32 --grid grouped_mm,capacity@1.25 --modes eager,default,reduce-overhead \
     --json "$OUT/grid32.json"
 step 100 grid16 $GRID --batch 16 --grid grouped_mm,capacity --modes default --json "$OUT/grid16.json"
 step 100 grid8 $GRID --batch 8 --grid grouped_mm,capacity --modes default --json "$OUT/grid8.json"
