@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from moe_lm.cli import compose, compose_raw, conf_dir
-from moe_lm.config import DomainsDataConfig
 from moe_lm.training.run import train
 
 TINY = ["model=moe_tiny", "model.vocab_size=2048", "precision=fp32", "trainer.progress_bar=false",
