@@ -76,9 +76,13 @@ class GrowConfig:
     # (a copy of the routed expert the new domain's tokens use most, per layer)
     noise: float = 0.01  # relative std of the Gaussian noise on the copied weights (0: an exact copy)
     freeze_old: bool = False  # the old routed experts' weights stay as loaded (trainable: false)
+    # the new router row: rule (the copied expert's row, or the mean of the old rows for shared) | domain_mean
+    # (the new domain's mean router input less all domains' mean, as routing.router_init=domain_mean, this row only)
+    router_row: str = "rule"
 
     def __post_init__(self) -> None:
         _one_of(self.init, "grow.init", ("shared", "most_used"))
+        _one_of(self.router_row, "grow.router_row", ("rule", "domain_mean"))
         _check(self.noise >= 0, "grow.noise", f"must be >= 0, got {self.noise}")
 
 

@@ -7,7 +7,9 @@ are copied, and in every MoE layer the stacked expert weights, the router and it
   that the new domain's tokens use most in that layer (counted over `routing.router_init_batches` batches of the
   new domain, top-k slots); either times (1 + grow.noise * N(0, 1)) elementwise;
 - its router row: the copied expert's row (most_used) or the mean of the old rows (shared), with the same
-  noise; its bias: the mean of the old biases (so it starts neither favoured nor shunned);
+  noise; or, with grow.router_row=domain_mean, the new domain's mean router input less all domains' mean,
+  scaled to the old rows' mean norm (routing.router_init=domain_mean's rule, for this row only); its bias: the
+  mean of the old biases (so it starts neither favoured nor shunned);
 - its load counter starts at zero.
 
 Training then uses the forced warm start for the new domain (routing.forced_domains), so its tokens always reach
@@ -120,10 +122,19 @@ def grow_from_checkpoint(model: MoETransformer, cfg: TrainConfig, datamodule) ->
     if missing:
         raise ConfigError(f"init_from: {path} lacks {missing[:3]} for growing")
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
+    if g.router_row == "domain_mean":  # the new row from the new domain's mean router input (router_init.py's rule)
+        from moe_lm.training.router_init import domain_mean_router_inputs, init_router_from_domains
+
+        names = datamodule.names
+        batches = domain_batches(datamodule.train_shards, datamodule.plan, cfg.routing.router_init_batches, cfg.seed)
+        means = domain_mean_router_inputs(model, batches, len(names))
+        init_router_from_domains(model, means, [src_cfg.n_routed_experts if n == g.domain else None for n in names])
     how = (f"a copy of expert(s) {most_used} per MoE layer" if most_used is not None
            else "the shared expert's first hidden units")
+    row = "its domain's mean router input" if g.router_row == "domain_mean" else "the rule"
     return (f"grow: {path}'s {src_cfg.n_routed_experts} routed experts + expert {src_cfg.n_routed_experts} for "
-            f"{g.domain}, from {how} (noise {g.noise:g}); old experts {'frozen' if g.freeze_old else 'trainable'}")
+            f"{g.domain}, from {how} (noise {g.noise:g}), router row from {row}; old experts "
+            f"{'frozen' if g.freeze_old else 'trainable'}")
 
 
 class FrozenExperts:

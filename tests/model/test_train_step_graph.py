@@ -27,7 +27,7 @@ def batch(cfg, B: int = 2, T: int = 32):
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(0, cfg.vocab_size, (B, T), generator=g)
     targets = torch.randint(0, cfg.vocab_size, (B, T), generator=g)
-    targets[1, T * 2 // 3:] = IGNORE_INDEX  # padding, as the data module's last window of a document
+    targets[-1, T * 2 // 3:] = IGNORE_INDEX  # padding, as the data module's last window of a document
     return ids, targets
 
 

@@ -87,3 +87,25 @@ def test_growing_is_checked_before_any_work(fake_shards, tmp_path):
                             "data.domains.web.expert=5"])
     with pytest.raises(ConfigError, match="model.n_routed_experts: growing 4 experts by one needs 5"):
         resolve_init(cfg)
+
+
+def test_the_new_router_row_can_start_from_the_new_domains_mean_router_input(fake_shards, tmp_path):
+    from moe_lm.data.shards import DomainDataModule
+    from moe_lm.training.grow import grow_from_checkpoint
+    from moe_lm.training.router_init import domain_batches, domain_mean_router_inputs
+
+    base, _ = _fit(fake_shards, *NO_CHAT, steps=2)
+    base.save_checkpoint(tmp_path / "base.ckpt")
+    cfg = compose(["model=moe_tiny", "data=domains", f"data.shards={fake_shards}", "data.seq_len=16",
+                   "data.batch_size=4", "precision=fp32", f"init_from=ckpt:{tmp_path / 'base.ckpt'}",
+                   "grow.domain=chat", "grow.router_row=domain_mean"])
+    dm = DomainDataModule(cfg.data, cfg.seed)
+    model = MoETransformer(cfg.model)
+    assert "router row from its domain's mean router input" in grow_from_checkpoint(model, cfg, dm)
+    batches = domain_batches(dm.train_shards, dm.plan, cfg.routing.router_init_batches, cfg.seed)
+    means = domain_mean_router_inputs(model, batches, len(dm.names))[0]  # (D, C), the first MoE layer's input
+    want = means[dm.names.index("chat")] - means.mean(0)
+    row = model.moe_layers()[0].gate.weight[4].double()
+    assert torch.nn.functional.cosine_similarity(row, want, dim=0) > 0.999
+    old = base.lightning_module.model.moe_layers()[0].gate.weight
+    torch.testing.assert_close(model.moe_layers()[0].gate.weight[:4], old)  # the old rows as they were
