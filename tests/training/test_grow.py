@@ -109,3 +109,25 @@ def test_the_new_router_row_can_start_from_the_new_domains_mean_router_input(fak
     assert torch.nn.functional.cosine_similarity(row, want, dim=0) > 0.999
     old = base.lightning_module.model.moe_layers()[0].gate.weight
     torch.testing.assert_close(model.moe_layers()[0].gate.weight[:4], old)  # the old rows as they were
+
+
+def test_a_grown_model_exports_and_round_trips_through_transformers(fake_shards, tmp_path):
+    transformers = pytest.importorskip("transformers", reason="transformers is the [dev] extra")
+    from moe_lm.data.bpe import train_bpe
+    from moe_lm.io.hf_dir import load_hf_dir, write_hf_dir
+
+    base, _ = _fit(fake_shards, *NO_CHAT, steps=2)
+    base.save_checkpoint(tmp_path / "base.ckpt")
+    grown, _ = _fit(fake_shards, f"init_from=ckpt:{tmp_path / 'base.ckpt'}", "grow.domain=chat",
+                    "routing.warm_routing=forced", "routing.forced_domains=[chat]", "data.round_robin_steps=2",
+                    steps=3)
+    model = grown.lightning_module.model.eval()
+    tok = train_bpe(["math code science legal chat web"] * 4, 300)
+    write_hf_dir(model, model.cfg, tok, tmp_path / "hf", "# card\n")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    back, _, cfg = load_hf_dir(tmp_path / "hf")
+    assert hf.config.n_routed_experts == cfg.n_routed_experts == 5
+    ids = torch.randint(0, model.cfg.vocab_size, (2, 24))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, model(ids).logits, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(back.eval()(ids).logits, model(ids).logits, atol=1e-5, rtol=1e-5)
