@@ -31,10 +31,10 @@ def batch(cfg, B: int = 2, T: int = 32):
     return ids, targets
 
 
-def step(forward, cfg, ids, targets) -> torch.Tensor:
+def step(forward, cfg, ids, targets, bf16: bool = True) -> torch.Tensor:
     """The LightningModule's loss (moe_lm/training/lit_module.py): mean cross-entropy + the balance losses."""
     valid = targets != IGNORE_INDEX
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         out = forward(ids, token_mask=valid, targets=targets)
     loss = out.ce_sum / valid.sum() + cfg.aux_loss_coef * out.aux_loss + cfg.z_loss_coef * out.z_loss
     loss.backward()
@@ -84,17 +84,20 @@ def test_a_planted_graph_break_fails_the_fullgraph_compile(monkeypatch):
 @pytest.mark.slow
 @pytest.mark.parametrize("impl", COMPILE_CLEAN)
 def test_the_whole_moe_100m_step_compiles_with_inductor(impl):
-    """All 12 layers, inductor's generated code (as trainer.compile=true runs it): eager's loss and gradients."""
+    """All 12 layers through inductor's generated code (as trainer.compile=true runs it), in fp32: eager's loss and
+    gradients. (In bf16 over 12 layers, roundings that differ between fused kernels and eager flip some routing
+    choices, so gradients differ by several percent; the 2-layer bf16 check above holds them to bf16 tolerance.)"""
     cfg = moe_100m(n_layers=12, moe_impl=impl)
     torch.manual_seed(0)
     eager = MoETransformer(cfg).train()
     compiled = copy.deepcopy(eager)
     ids, targets = batch(cfg, 1, 64)
-    loss_e = step(eager, cfg, ids, targets)
-    loss_c = step(torch.compile(compiled.forward, fullgraph=True), cfg, ids, targets)
+    loss_e = step(eager, cfg, ids, targets, bf16=False)
+    loss_c = step(torch.compile(compiled.forward, fullgraph=True), cfg, ids, targets, bf16=False)
     torch._dynamo.reset()
-    torch.testing.assert_close(loss_c, loss_e, atol=3e-2, rtol=3e-3)
+    torch.testing.assert_close(loss_c, loss_e, atol=1e-4, rtol=1e-5)
     g_e, g_c = grads(eager), grads(compiled)
-    for name, g in g_e.items():  # bf16 roundings differ between fused kernels and eager: compare in norm
-        rel = (g_c[name].float() - g.float()).norm() / g.float().norm().clamp_min(1e-12)
-        assert rel < 0.05, (name, float(rel))
+    assert set(g_c) == set(g_e)
+    for name, g in g_e.items():
+        rel = (g_c[name] - g).norm() / g.norm().clamp_min(1e-12)
+        assert rel < 1e-3, (name, float(rel))
