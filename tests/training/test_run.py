@@ -113,7 +113,9 @@ def test_loss_curve_covers_the_whole_run_across_a_resume_with_val_per_domain(tmp
 EXPERIMENTS = sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml") if not p.stem.startswith("recipe_"))
 
 
-@pytest.mark.parametrize("name", EXPERIMENTS)
+# add_domain_expert first trains the base it grows (tests/training/test_grow.py covers growing in the fast tier)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "add_domain_expert" else n
+                                  for n in EXPERIMENTS])
 def test_every_experiment_composes_and_runs_fast_dev_run(name, tmp_path, request):
     overrides = [f"+experiment={name}", "trainer.fast_dev_run=true", "trainer.progress_bar=false",
                  "logger.csv=false", "logger.wandb=false", f"out_dir={tmp_path}"]
