@@ -10,6 +10,7 @@ set -euo pipefail
 DOMAIN=${1:-chat}
 OUT=${2:-runs/grow}
 PY=${PY:-python}
+ROW=${ROW:-rule}  # the new router row of the two grown runs: rule (as measured in docs/specialisation.md) | domain_mean
 SHARDS=runs/specialisation/shards
 EXP="+experiment=warm_start_ablation +arm=forced seed=1 trainer.progress_bar=false"
 if [ ! -f "$SHARDS/web/meta.json" ]; then
@@ -24,7 +25,7 @@ for freeze in false true; do
   name=grown_$([ $freeze = true ] && echo frozen || echo trainable)
   [ -f "$OUT/$name/result.json" ] || $PY -m moe_lm.train +experiment=add_domain_expert seed=1 \
     trainer.progress_bar=false init_from=ckpt:"$OUT/base/checkpoints/final.ckpt" grow.domain="$DOMAIN" \
-    grow.freeze_old=$freeze out_dir="$OUT/$name"
+    grow.freeze_old=$freeze grow.router_row="$ROW" out_dir="$OUT/$name"
 done
 OLD="[$($PY -c "from moe_lm.cli import compose; print(','.join(d for d in compose(['data=domains']).data.domains if d != '$DOMAIN'))")]"
 SCORE="data.shards=$SHARDS context=256 stride=256 data.max_tokens=8192 batch_size=16"
