@@ -20,6 +20,7 @@ from torchmetrics.aggregation import MeanMetric
 from moe_lm.config import TrainConfig
 from moe_lm.data.text_lines import IGNORE_INDEX
 from moe_lm.model import MoETransformer
+from moe_lm.training.callbacks import is_log_step
 from moe_lm.training.checkpointing import check_architecture
 from moe_lm.training.distributed import clip_grad_norm, mean_over_processes
 from moe_lm.training.finite_guard import FiniteGuard
@@ -141,7 +142,7 @@ class MoELitModule(L.LightningModule):
         self.step_loss = torch.zeros_like(self.step_loss)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.trainer.global_step % max(1, self.trainer.log_every_n_steps) == 0:
+        if is_log_step(self.trainer):
             self.finite.raise_if_seen()  # read with the logging step's other host values
 
     def on_train_end(self) -> None:
