@@ -3,7 +3,7 @@
 `python -m moe_lm.evaluate ckpt=PATH task=gsm8k data.file=test.jsonl data.shots_file=train.jsonl [shots=8]`.
 
 task=lm: held-out text of each domain (a directory laid out like paths.data_root, files and formatters from
-conf/data/domains.yaml; or data.shards, the val split of prepared shards): loss, perplexity and bits per byte
+conf/data/domains.yaml; or data.shards, the val or held-out split of prepared shards: data.split): loss, perplexity and bits per byte
 per domain and overall, with sliding windows of `context` tokens `stride` apart, the routing of that text
 (domain x expert matrix, specialisation scores, heatmap) and each expert's over-represented tokens
 (moe_lm/eval/heldout.py, expert_vocab.py). task=knockout: the same text scored with each routed expert removed
@@ -31,7 +31,8 @@ def out_dir(cfg: EvaluateConfig) -> Path:
         return Path(cfg.out)
     ckpt = Path(cfg.ckpt).resolve()
     run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-    return run / ("knockout" if cfg.task == "knockout" else "eval")
+    suffix = "_heldout" if cfg.data.shards and cfg.data.split == "heldout" else ""
+    return run / (("knockout" if cfg.task == "knockout" else "eval") + suffix)
 
 
 def scoring_window(cfg: EvaluateConfig, model) -> tuple[int, int]:
@@ -52,7 +53,8 @@ def domain_streams(cfg: EvaluateConfig, tok) -> tuple[dict[str, list[int]], dict
 
     registry = compose(["data=domains"]).data  # conf/data/domains.yaml decides which file is which domain
     if cfg.data.shards:
-        streams, infos = heldout.shard_streams(Path(cfg.data.shards), cfg.data.domains, tok, cfg.data.max_tokens)
+        streams, infos = heldout.shard_streams(Path(cfg.data.shards), cfg.data.domains, tok, cfg.data.max_tokens,
+                                               cfg.data.split)
     else:
         docs = heldout.domain_documents(registry, Path(cfg.data.local_root), cfg.data.domains, cfg.data.max_documents)
         streams = {name: heldout.token_stream(tok, d["documents"]) for name, d in docs.items()}
@@ -95,7 +97,7 @@ def lm_task(cfg: EvaluateConfig, model, tok, out: Path) -> dict[str, Any]:
         names = [r["domain"] for r in results]
         report["routing"] = {"shares": shares(counts.sum(0)).tolist(), "experts": experts,
                              "specialisation": specialisation_metrics(counts, top1, names, experts)}
-        source = f"the val split of {cfg.data.shards}" if cfg.data.shards else f"the text under {cfg.data.local_root}"
+        source = f"the {cfg.data.split} split of {cfg.data.shards}" if cfg.data.shards else f"the text under {cfg.data.local_root}"
         heatmap = routing_heatmap(shares(counts.sum(0)), names, str(out), 0, experts, path=out / "routing_heatmap.png",
                                   title="share of each domain's evaluated tokens per expert",
                                   ylabel=f"domain ({source})")
@@ -118,7 +120,7 @@ def knockout_task(cfg: EvaluateConfig, model, tok, out: Path) -> dict[str, Any]:
     context, stride = scoring_window(cfg, model)
     streams, _, experts = domain_streams(cfg, tok)
     result = knockout.knockout_matrix(model, streams, experts, context, stride, cfg.batch_size, cfg.precision)
-    source = f"the val split of {cfg.data.shards}" if cfg.data.shards else cfg.data.local_root
+    source = f"the {cfg.data.split} split of {cfg.data.shards}" if cfg.data.shards else cfg.data.local_root
     path = knockout.heatmap(result, out / "knockout_heatmap.png",
                             f"loss rise (%) per domain when one expert is removed\n({source})")
     md = knockout.markdown(result) + f"\n\nheatmap: {path}"

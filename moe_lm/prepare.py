@@ -1,8 +1,9 @@
 """Token shards per domain: `python -m moe_lm.prepare data=domains data.source=hub|local [prepare.out=...]`.
 
 Streams each domain's sources (hub, or local files with the same schemas), tokenises them with
-`prepare.tokenizer` and writes `<prepare.out>/<domain>/{train,val}.bin` and `meta.json` until each
-domain's token budget (moe_lm/data/shard_writer.py). Re-running skips finished domains and resumes a
+`prepare.tokenizer` and writes `<prepare.out>/<domain>/{train,val,heldout}.bin` and `meta.json` until each
+domain's token budget (moe_lm/data/shard_writer.py); heldout.bin holds whole groups (repositories, conversation
+trees, documents) kept out of train and val when `prepare.heldout_fraction` > 0. Re-running skips finished domains and resumes a
 killed run where its last progress checkpoint left off.
 """
 
@@ -21,12 +22,12 @@ def main(cfg: TrainConfig) -> None:
     from moe_lm.data.shard_writer import prepare
 
     metas = prepare(cfg)
-    print("| domain | train tokens | val tokens | documents | skipped | sources short of their share |\n"
-          "|---|---:|---:|---:|---:|---|")
+    print("| domain | train tokens | val tokens | held-out tokens | documents | skipped | sources short of their share |\n"
+          "|---|---:|---:|---:|---:|---:|---|")
     for name, m in metas.items():
         short = ", ".join(f"{s['hub_id'] or s['local_file']} ({s['tokens']:,} of {s['share']:,})"
                           for s in m["sources"] if s.get("exhausted")) or "-"
-        print(f"| {name} | {m['tokens']['train']:,} | {m['tokens']['val']:,} | "
+        print(f"| {name} | {m['tokens']['train']:,} | {m['tokens']['val']:,} | {m['tokens'].get('heldout', 0):,} | "
               f"{sum(m['documents'].values()):,} | {sum(m['skipped'].values()):,} | {short} |")
 
 

@@ -24,7 +24,11 @@ def main(cfg: TrainConfig) -> None:
 
     if not isinstance(cfg.data, DomainsDataConfig):
         raise ConfigError("data: the tokenizer is trained on the multi-domain data group (data=domains)")
-    tok, meta = train_domain_tokenizer(cfg.data, cfg.tokenizer)
+    from moe_lm.data.shard_writer import is_heldout
+
+    fraction = cfg.prepare.heldout_fraction  # the groups prepare keeps apart are not in the tokenizer's sample
+    tok, meta = train_domain_tokenizer(cfg.data, cfg.tokenizer,
+                                       lambda d, key: is_heldout(d, key, cfg.seed, fraction) if fraction else False)
     path = Path(cfg.tokenizer.out) / "tokenizer.json"
     save_tokenizer(tok, meta, path)
     print(f"vocab {meta['vocab_size']}, hash {meta['hash']} -> {path}\n")

@@ -66,7 +66,7 @@ class TrainConfig:
                    f"{r.arm} needs multi-domain data (data=domains) and a warm start (data.round_robin_steps > 0)")
             _check(self.model.first_k_dense < self.model.n_layers, key,
                    f"{r.arm} needs MoE layers (model.first_k_dense < model.n_layers)")
-        if r.warm_routing == "forced" or r.warm_balance == "window" or r.router_init == "domain_mean":
+        if r.warm_routing in ("forced", "forced_guided") or r.warm_balance == "window" or r.router_init == "domain_mean":
             _check(self.model.router_type == "token_choice", "model.router_type",
                    f"routing {r.arm} needs token_choice routing, got {self.model.router_type}")
         for name, d in getattr(self.data, "domains", {}).items():
@@ -261,7 +261,10 @@ class EvalDataConfig:
     shards: str = ""  # task=lm/knockout: instead of local_root, the val split of prepared shards (<dir>/<domain>/val.bin)
     domains: List[str] = field(default_factory=list)  # task=lm: empty = every domain with a file there
     max_documents: int = 0  # task=lm: per domain, 0 = all
-    max_tokens: int = 0  # task=lm/knockout with data.shards: the first N val tokens per domain, 0 = all
+    max_tokens: int = 0  # task=lm/knockout with data.shards: the first N tokens per domain, 0 = all
+    # with data.shards: val (documents drawn among the training documents) | heldout (whole repositories,
+    # conversation trees or documents kept out of training: prepare.heldout_fraction)
+    split: str = "val"
     file: str = ""  # task=gsm8k: the questions (gsm8k JSONL: question, answer)
     shots_file: str = ""  # task=gsm8k: the k-shot examples, from another split than `file`
 
@@ -304,6 +307,9 @@ class EvaluateConfig:
         _check(self.task == "gsm8k" or bool(self.data.local_root) != bool(self.data.shards), "data.local_root",
                f"task={self.task} reads one of data.local_root (a directory laid out like paths.data_root) or "
                f"data.shards (prepared shards, their val split)")
+        _one_of(self.data.split, "data.split", ("val", "heldout"))
+        _check(self.data.split == "val" or bool(self.data.shards), "data.split",
+               "heldout is a split of prepared shards: set data.shards")
         _check(self.task != "gsm8k" or bool(self.data.file), "data.file", "required for task=gsm8k: a gsm8k JSONL")
         _check(self.task != "gsm8k" or not self.shots or bool(self.data.shots_file), "data.shots_file",
                f"required for {self.shots}-shot prompting (or shots=0)")

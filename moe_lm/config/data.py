@@ -136,6 +136,11 @@ class PrepareConfig:
     out: str = "data/shards"
     tokenizer: str = "data/tokenizer/tokenizer.json"
     val_fraction: float = 0.01  # share of documents (not tokens) held out
+    # held-out split: this share of the groups (a code file's repository, an oasst1 conversation tree, else the
+    # document) is kept out of train and val by a seeded hash; their documents fill heldout.bin up to
+    # heldout_tokens per domain. 0 = no held-out split
+    heldout_fraction: float = 0.0
+    heldout_tokens: int = 0
     batch_documents: int = 256  # documents tokenised per batch (encode_batch runs on all cores)
     checkpoint_every: int = 1024  # documents between progress checkpoints
     # 0: tokenise in this process (the tokenizer's threads use every core); N: a pool of N processes, one thread
@@ -147,6 +152,10 @@ class PrepareConfig:
     def __post_init__(self) -> None:
         _check(self.max_document_tokens > 0, "prepare.max_document_tokens", "must be > 0")
         _check(0.0 <= self.val_fraction < 1.0, "prepare.val_fraction", "must be in [0, 1)")
+        _check(0.0 <= self.heldout_fraction < 1.0, "prepare.heldout_fraction", "must be in [0, 1)")
+        _check(self.heldout_tokens >= 0, "prepare.heldout_tokens", "must be >= 0")
+        _check(not self.heldout_fraction or self.heldout_tokens > 0, "prepare.heldout_tokens",
+               "must be > 0 with prepare.heldout_fraction > 0 (the held-out tokens per domain)")
         _check(self.batch_documents > 0, "prepare.batch_documents", "must be > 0")
         _check(self.checkpoint_every > 0, "prepare.checkpoint_every", "must be > 0")
         _check(self.workers >= 0, "prepare.workers", "must be >= 0 (0 = in this process)")

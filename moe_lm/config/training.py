@@ -22,7 +22,7 @@ class RoutingConfig:
     - warm_routing: learned (the router alone) | guided (plus a supervision term, the cross-entropy between each
       token's router distribution and its domain's expert, weighted by `guided_coef` annealed to 0 by the end
       of the warm start) | forced (each expert-domain token's own expert always holds one of its top-k slots;
-      the other slots are chosen by the router);
+      the other slots are chosen by the router) | forced_guided (forced, plus the guided supervision term);
     - warm_balance: batch (the aux loss and the aux-free bias see each step's batch) | window (both see the
       expert loads of the last `n` steps, n = the domains of the round-robin cycle, so a one-domain batch is
       not pushed off its expert) | off (no aux loss and no bias update during the warm start);
@@ -32,18 +32,18 @@ class RoutingConfig:
     """
 
     warm_batches: str = "round_robin"  # round_robin | mixed
-    warm_routing: str = "learned"  # learned | guided | forced
+    warm_routing: str = "learned"  # learned | guided | forced | forced_guided
     warm_balance: str = "batch"  # batch | window | off
     router_init: str = "random"  # random | domain_mean
     router_init_batches: int = 4  # router_init=domain_mean: batches per domain
-    guided_coef: float = 0.1  # weight of the router supervision term at step 0
+    guided_coef: float = 0.1  # weight of the router supervision term at step 0 (guided, forced_guided)
     guided_anneal: str = "linear"  # linear | cosine | constant (then 0 after the warm start)
     # warm_routing=forced: only these domains' tokens are forced to their expert (empty: every expert domain)
     forced_domains: List[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _one_of(self.warm_batches, "routing.warm_batches", ("round_robin", "mixed"))
-        _one_of(self.warm_routing, "routing.warm_routing", ("learned", "guided", "forced"))
+        _one_of(self.warm_routing, "routing.warm_routing", ("learned", "guided", "forced", "forced_guided"))
         _one_of(self.warm_balance, "routing.warm_balance", ("batch", "window", "off"))
         _one_of(self.router_init, "routing.router_init", ("random", "domain_mean"))
         _one_of(self.guided_anneal, "routing.guided_anneal", ("linear", "cosine", "constant"))

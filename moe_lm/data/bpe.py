@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -84,16 +84,18 @@ def eot_id(tok: Tokenizer) -> int:
     return idx
 
 
-def domain_documents(data: DomainsDataConfig, domain: str, max_bytes: int) -> Iterator[str]:
-    """Formatted documents of one domain, each source contributing up to its weight's share of max_bytes."""
+def domain_documents(data: DomainsDataConfig, domain: str, max_bytes: int,
+                     held_out: Optional[Callable[[str, str], bool]] = None) -> Iterator[str]:
+    """Formatted documents of one domain, each source contributing up to its weight's share of max_bytes; the
+    documents whose group `held_out(domain, key)` keeps apart are left out."""
     sources = data.domains[domain].sources
     total_w = sum(s.weight for s in sources)
     for src in sources:
         budget = max_bytes * src.weight / total_w
         used = 0
         rows = (r for r in iter_source(src, data) if not isinstance(r, Skip))
-        for doc in format_records(src.formatter, rows):
-            if isinstance(doc, Skip):
+        for key, doc in format_records(src.formatter, rows, keyed=True):
+            if isinstance(doc, Skip) or (held_out is not None and held_out(domain, key)):
                 continue
             if used >= budget:
                 break
@@ -101,11 +103,13 @@ def domain_documents(data: DomainsDataConfig, domain: str, max_bytes: int) -> It
             yield doc
 
 
-def train_domain_tokenizer(data: DomainsDataConfig, cfg: TokenizerConfig) -> tuple[Tokenizer, dict[str, Any]]:
-    """The multi-domain BPE and its meta (hash, vocab size, bytes/token and round-trip failures per domain)."""
+def train_domain_tokenizer(data: DomainsDataConfig, cfg: TokenizerConfig,
+                           held_out: Optional[Callable[[str, str], bool]] = None) -> tuple[Tokenizer, dict[str, Any]]:
+    """The multi-domain BPE and its meta (hash, vocab size, bytes/token and round-trip failures per domain),
+    trained without the documents of held-out groups."""
     from rich.progress import track
 
-    samples = {d: list(domain_documents(data, d, cfg.sample_bytes_per_domain))
+    samples = {d: list(domain_documents(data, d, cfg.sample_bytes_per_domain, held_out))
                for d in track(data.domains, description="sampling domains")}
     empty = [d for d, docs in samples.items() if not docs]
     if empty:

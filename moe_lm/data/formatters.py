@@ -2,6 +2,9 @@
 
 Record formatters take one row. `oasst1` rows are messages of conversation trees, so its formatter takes
 all rows of a source at once (`THREAD_FORMATTERS`) and rebuilds one conversation per tree.
+`format_records(..., keyed=True)` pairs each document with its group (`GROUP_FIELDS`): the repository of a code
+file, the conversation tree of an oasst1 thread, else the document's own text. prepare keeps whole groups apart
+for the held-out split.
 Chat-like sources (oasst1, dolly, flan) share the role-token chat template of `render_chat`.
 """
 
@@ -112,19 +115,25 @@ def flan(rec: dict[str, Any]) -> Formatted:
 
 def oasst1_threads(rows: Iterable[dict[str, Any]]) -> Iterator[Formatted]:
     """Rebuild each conversation tree; follow the best-ranked reply (rank 0, else the first) from the root."""
+    for _, doc in oasst1_keyed_threads(rows):
+        yield doc
+
+
+def oasst1_keyed_threads(rows: Iterable[dict[str, Any]]) -> Iterator[tuple[Any, Formatted]]:
+    """(message_tree_id, conversation) per tree, as `oasst1_threads`."""
     by_tree: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         if not isinstance(row.get("message_tree_id"), str) or not isinstance(row.get("message_id"), str):
-            yield Skip("missing field 'message_tree_id' or 'message_id'")
+            yield None, Skip("missing field 'message_tree_id' or 'message_id'")
             continue
         by_tree[row["message_tree_id"]].append(row)
-    for tree in by_tree.values():
+    for tree_id, tree in by_tree.items():
         children: dict[Any, list[dict[str, Any]]] = defaultdict(list)
         for m in tree:
             children[m.get("parent_id")].append(m)
         roots = children.get(None, [])
         if len(roots) != 1:
-            yield Skip("tree without a single root message")
+            yield tree_id, Skip("tree without a single root message")
             continue
         messages, node = [], roots[0]
         while node is not None:
@@ -135,26 +144,38 @@ def oasst1_threads(rows: Iterable[dict[str, Any]]) -> Iterator[Formatted]:
                              key=lambda m: m["rank"] if isinstance(m.get("rank"), (int, float)) else 1e9)
             node = replies[0] if replies else None
         if len(messages) < 2:
-            yield Skip("conversation without a reply")
+            yield tree_id, Skip("conversation without a reply")
             continue
-        yield render_chat(messages)
+        yield tree_id, render_chat(messages)
 
 
 RECORD_FORMATTERS: dict[str, Callable[[dict[str, Any]], Formatted]] = {
     "gsm8k": gsm8k, "math_dataset": question_answer, "code": code_file, "text": text, "arxiv": arxiv,
     "big_patent": big_patent, "dolly": dolly, "flan": flan,
 }
-THREAD_FORMATTERS: dict[str, Callable[[Iterable[dict[str, Any]]], Iterator[Formatted]]] = {"oasst1": oasst1_threads}
+THREAD_FORMATTERS: dict[str, Callable[[Iterable[dict[str, Any]]], Iterator[tuple[Any, Formatted]]]] = {
+    "oasst1": oasst1_keyed_threads}
 FORMATTERS = sorted(RECORD_FORMATTERS) + sorted(THREAD_FORMATTERS)
+# the record field whose value groups documents (a repository's files); thread formatters group by tree; every
+# other document is its own group (its text is the key)
+GROUP_FIELDS = {"code": "repo_name"}
+GROUPS = {"code": "repository (repo_name)", "oasst1": "conversation tree (message_tree_id)"}
 
 
-def format_records(name: str, rows: Iterable[dict[str, Any]]) -> Iterator[Formatted]:
+def format_records(name: str, rows: Iterable[dict[str, Any]], keyed: bool = False) -> Iterator[Any]:
+    """Formatted documents (or Skips); with keyed, (group key, document) pairs."""
     if name in THREAD_FORMATTERS:
-        yield from THREAD_FORMATTERS[name](rows)
+        for key, doc in THREAD_FORMATTERS[name](rows):
+            yield (key if key is not None else doc, doc) if keyed else doc
     elif name in RECORD_FORMATTERS:
-        fn = RECORD_FORMATTERS[name]
+        fn, field = RECORD_FORMATTERS[name], GROUP_FIELDS.get(name)
         for row in rows:
-            yield fn(row) if isinstance(row, dict) else Skip("record is not a JSON object")
+            doc = fn(row) if isinstance(row, dict) else Skip("record is not a JSON object")
+            if keyed:
+                key = row.get(field) if field and isinstance(row, dict) else None
+                yield (key if isinstance(key, str) and key else doc, doc)
+            else:
+                yield doc
     else:
         raise ConfigError(f"formatter: unknown {name!r}; one of {FORMATTERS}")
 

@@ -1,9 +1,11 @@
 """The specialisation ablations' report: arms (dense twin, MoE warm starts) compared over seeds.
 
 Each run's `result.json` says its arm (`dense`, else its `warm_start`: the routing switches' short name,
-RoutingConfig.arm) and holds its final `val/loss/<domain>` and `spec/...` scores; `routing/step*.json` beside it
-holds the scores at every validation, and `knockout/eval.json` (from `python -m moe_lm.evaluate task=knockout`),
-when present, the causal specialisation ratios. Numbers are the mean over seeds +/- half their range.
+RoutingConfig.arm, with its top-k and warm-start length where they differ from the report's most common ones)
+and holds its final `val/loss/<domain>` and `spec/...` scores; `routing/step*.json` beside it holds the scores at
+every validation, and `knockout/eval.json` (from `python -m moe_lm.evaluate task=knockout`), when present, the
+causal specialisation ratios. On the held-out split (`data.split=heldout`): `knockout_heldout/eval.json` and
+`eval_heldout/eval.json` (task=lm: loss and routing scores). Numbers are the mean over seeds +/- half their range.
 """
 
 from __future__ import annotations
@@ -11,22 +13,41 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from statistics import mean
+from typing import Sequence
 
 ARMS = ("dense", "none", "round_robin", "round_robin+guided", "round_robin+guided+window", "guided", "forced",
-        "domain_mean", "guided+domain_mean", "forced+domain_mean")
+        "forced_guided", "domain_mean", "guided+domain_mean", "forced+domain_mean")
 
 
-def arm_of(run: dict) -> str:
-    return "dense" if run.get("dense") else str(run.get("warm_start"))
+def _usual(runs: list[dict], key: str):
+    values = [r[key] for r in runs if key in r]
+    return max(set(values), key=values.count) if values else None
+
+
+def arm_of(run: dict, runs: Sequence[dict] = ()) -> str:
+    """The run's arm: dense, or its warm start's switches, with `top-K` and `N warm steps` when those differ from
+    the most common values among `runs`."""
+    if run.get("dense"):
+        return "dense"
+    name, runs = str(run.get("warm_start")), list(runs) or [run]
+    if "top_k" in run and run["top_k"] != _usual(runs, "top_k"):
+        name += f", top-{run['top_k']}"
+    if "warm_steps" in run and run["warm_steps"] != _usual([r for r in runs if not r.get("dense")], "warm_steps"):
+        name += f", {run['warm_steps']} warm steps"
+    return name
 
 
 def is_ablation(runs: list[dict]) -> bool:
-    return len({arm_of(r) for r in runs if "warm_start" in r}) > 1
+    return len({arm_of(r, runs) for r in runs if "warm_start" in r}) > 1
 
 
 def by_arm(runs: list[dict]) -> dict[str, list[dict]]:
-    arms = sorted({arm_of(r) for r in runs}, key=lambda a: ARMS.index(a) if a in ARMS else len(ARMS))
-    return {a: [r for r in runs if arm_of(r) == a] for a in arms}
+    def order(a: str) -> tuple[int, str]:
+        base = a.split(",")[0]
+        return (ARMS.index(base) if base in ARMS else len(ARMS), a)
+
+    arms = sorted({arm_of(r, runs) for r in runs}, key=order)
+    return {a: [r for r in runs if arm_of(r, runs) == a] for a in arms}
 
 
 def spread(values: list[float]) -> tuple[float, float]:
@@ -60,18 +81,38 @@ def ablation_table(runs: list[dict]) -> str:
         cells += [cell(rs, k, ".2f") for k in ko]
         cells.append(cell(rs, "step_time_s", ".2f"))
         rows.append(f"| {arm} | {len(rs)} | " + " | ".join(cells) + " |")
-    return "\n".join(rows) + knockout_table(runs)
+    return "\n".join(rows) + heldout_table(runs) + knockout_table(runs) + knockout_table(runs, "knockout_heldout")
 
 
-def knockout_table(runs: list[dict]) -> str:
+def heldout_table(runs: list[dict]) -> str:
+    """Per arm, on the held-out split (`evaluate data.split=heldout`, task=lm and task=knockout): loss per domain,
+    the routing scores, and the knockout's own / max other (min over the domains) and domains at >= 3x."""
+    if not any("eval_heldout/loss" in r for r in runs):
+        return ""
+    domains = sorted({k.removeprefix("eval_heldout/loss/") for r in runs for k in r if k.startswith("eval_heldout/loss/")})
+    keys = (["eval_heldout/loss"] + [f"eval_heldout/loss/{d}" for d in domains]
+            + ["eval_heldout/hit_rate", "eval_heldout/top1_own", "eval_heldout/nmi", "knockout_heldout/ratio_max_min",
+               "knockout_heldout/own_3x"])
+    cols = (["loss"] + domains + ["hit rate", "top-1 own", "NMI", "KO own / max other (min)",
+                                  "domains with KO own >= 3x any other"])
+    rows = ["", "", "on the held-out split (groups kept out of training)", "",
+            "| arm | seeds | " + " | ".join(cols) + " |", "|---|---:|" + "---:|" * len(cols)]
+    for arm, rs in by_arm(runs).items():
+        rows.append(f"| {arm} | {len(rs)} | " + " | ".join(cell(rs, k, ".2f" if k.startswith("knockout") else ".3f")
+                                                              for k in keys) + " |")
+    return "\n".join(rows)
+
+
+def knockout_table(runs: list[dict], prefix: str = "knockout") -> str:
     """Per arm and expert domain: the loss rise when its own expert is removed over the mean rise when another
     routed expert is removed (`python -m moe_lm.evaluate task=knockout`); empty when no run has a knockout."""
-    keys = sorted({k for r in runs for k in r if k.startswith("knockout/ratio/")})
+    keys = sorted({k for r in runs for k in r if k.startswith(f"{prefix}/ratio/")})
     if not keys:
         return ""
-    names = [k.removeprefix("knockout/ratio/") for k in keys]
-    rows = ["", "", "knockout: loss rise when a domain's own expert is removed / mean rise when another routed expert "
-            "is removed (1 = no specialisation)", "",
+    names = [k.removeprefix(f"{prefix}/ratio/") for k in keys]
+    split = " (held-out split)" if prefix == "knockout_heldout" else ""
+    rows = ["", "", f"knockout{split}: loss rise when a domain's own expert is removed / mean rise when another routed "
+            "expert is removed (1 = no specialisation)", "",
             "| arm | runs | " + " | ".join(names) + " |", "|---|---:|" + "---:|" * len(names)]
     for arm, rs in by_arm(runs).items():
         have = [r for r in rs if any(k in r for k in keys)]
@@ -90,20 +131,35 @@ def spec_history(run_dir: Path, key: str = "hit_rate") -> list[tuple[int, float]
     return points
 
 
-def knockout_scores(run_dir: Path) -> dict[str, float]:
-    """The knockout ratios of `<run>/knockout/eval.json`, flat (empty when the run has none)."""
-    path = run_dir / "knockout" / "eval.json"
+def knockout_scores(run_dir: Path, folder: str = "knockout") -> dict[str, float]:
+    """The knockout ratios of `<run>/<folder>/eval.json` (knockout, or knockout_heldout), flat under `<folder>/`
+    (empty when the run has none)."""
+    path = run_dir / folder / "eval.json"
     if not path.is_file():
         return {}
     ratios = json.loads(path.read_text())["ratios"]
     means = [r["ratio_mean"] for r in ratios.values() if r["ratio_mean"] is not None]
     maxes = [r["ratio_max"] for r in ratios.values() if r["ratio_max"] is not None]
-    out = {f"knockout/ratio/{d}": r["ratio_mean"] for d, r in ratios.items() if r["ratio_mean"] is not None}
+    out = {f"{folder}/ratio/{d}": r["ratio_mean"] for d, r in ratios.items() if r["ratio_mean"] is not None}
     if len(means) == len(ratios) and means:
-        out["knockout/ratio_min"] = min(means)
+        out[f"{folder}/ratio_min"] = min(means)
     if len(maxes) == len(ratios) and maxes:
-        out["knockout/ratio_max_min"] = min(maxes)
-    out["knockout/own_3x"] = sum(bool(r.get("own_3x_any_other")) for r in ratios.values())
+        out[f"{folder}/ratio_max_min"] = min(maxes)
+    out[f"{folder}/own_3x"] = sum(bool(r.get("own_3x_any_other")) for r in ratios.values())
+    return out
+
+
+def heldout_scores(run_dir: Path) -> dict[str, float]:
+    """`<run>/eval_heldout/eval.json` (evaluate task=lm data.split=heldout) flat: loss (mean over the domains) and per domain,
+    hit rate, top-1 own and NMI (empty when the run has none)."""
+    path = run_dir / "eval_heldout" / "eval.json"
+    if not path.is_file():
+        return {}
+    rep = json.loads(path.read_text())
+    out = {"eval_heldout/loss": mean(d["loss"] for d in rep["domains"])}  # as val/loss: the domains' mean
+    out.update({f"eval_heldout/loss/{d['domain']}": d["loss"] for d in rep["domains"]})
+    spec = rep.get("routing", {}).get("specialisation", {})
+    out.update({f"eval_heldout/{k}": spec[k] for k in ("hit_rate", "top1_own", "nmi") if k in spec})
     return out
 
 

@@ -3,7 +3,8 @@
 Documents: every source of every domain in conf/data/domains.yaml whose `local_file` exists under the given
 directory, read and formatted exactly as `prepare` does (moe_lm/data/shard_writer.py), skipped records counted
 by reason. Each domain's documents form one stream, `<|endoftext|> doc <|endoftext|> doc ...`, as in training.
-Or the val split of prepared shards (`shard_streams`): the same streams, already tokenised (no bits per byte).
+Or the val or held-out split of prepared shards (`shard_streams`): the same streams, already tokenised (no bits
+per byte).
 
 Scoring: sliding windows of `context` tokens whose starts are `stride` apart; each window scores only the
 targets no earlier window scored, so every token of the stream after the first is predicted exactly once, with
@@ -142,9 +143,9 @@ def domain_result(name: str, info: dict[str, Any], scored: dict[str, Any]) -> di
             "ppl": math.exp(min(loss, 700.0)), "bpb": scored["nll"] / math.log(2) / max(1, n_bytes) if n_bytes is not None else None}
 
 
-def shard_streams(root: Path, names: list[str], tok, max_tokens: int = 0
+def shard_streams(root: Path, names: list[str], tok, max_tokens: int = 0, split: str = "val"
                   ) -> tuple[dict[str, list[int]], dict[str, dict[str, Any]]]:
-    """The val split of prepared shards (its first max_tokens tokens, 0 = all): ({domain: token ids},
+    """A split (val or heldout) of prepared shards (its first max_tokens tokens, 0 = all): ({domain: token ids},
     {domain: text_info-like info}). The shards must have been made with `tok` (their meta's tokenizer hash)."""
     import numpy as np
 
@@ -155,17 +156,22 @@ def shard_streams(root: Path, names: list[str], tok, max_tokens: int = 0
     unknown = [n for n in names if n not in dirs]
     if not dirs or unknown:
         raise ConfigError(f"data.shards: {root} holds no prepared domain{' ' + str(unknown) if unknown else ''} "
-                          f"(expected <dir>/<domain>/meta.json and val.bin, written by python -m moe_lm.prepare)")
+                          f"(expected <dir>/<domain>/meta.json and {split}.bin, written by python -m moe_lm.prepare)")
     streams, infos = {}, {}
     for name in names or dirs:
-        meta = read_meta(root / name / "meta.json", splits=("val",))
-        check_shard_files(root / name, meta, splits=("val",))
+        meta = read_meta(root / name / "meta.json", splits=())
+        if split == "heldout" and not meta.get("heldout"):
+            raise ConfigError(f"data.split: {root / name} was prepared without a held-out split; prepare again with "
+                              f"prepare.heldout_fraction > 0 and prepare.heldout_tokens > 0 (docs/data.md)")
+        meta = read_meta(root / name / "meta.json", splits=(split,))
+        check_shard_files(root / name, meta, splits=(split,))
         if meta.get("tokenizer_hash") != tokenizer_hash(tok):
             raise ConfigError(f"data.shards: {root / name} was tokenised with tokenizer {meta.get('tokenizer_hash')}, "
                               f"the checkpoint's is {tokenizer_hash(tok)}")
-        ids = np.fromfile(root / name / "val.bin", dtype=meta["dtype"], count=max_tokens or -1).astype(np.int64)
+        ids = np.fromfile(root / name / f"{split}.bin", dtype=meta["dtype"], count=max_tokens or -1).astype(np.int64)
         streams[name] = ids.tolist()
-        infos[name] = {"files": [f"{name}/val.bin"], "documents": meta["documents"]["val"] if not max_tokens else 0, "skipped": {}, "bytes": None}
+        infos[name] = {"files": [f"{name}/{split}.bin"], "documents": meta["documents"][split] if not max_tokens else 0,
+                       "skipped": {}, "bytes": None}
     return streams, infos
 
 

@@ -14,7 +14,7 @@ from moe_lm.config import ConfigError
 
 
 def load_runs(sweep: Path) -> list[dict]:
-    from moe_lm.eval.ablation import knockout_scores
+    from moe_lm.eval.ablation import heldout_scores, knockout_scores
 
     runs = []
     for f in sorted(sweep.rglob("result.json")):
@@ -26,6 +26,8 @@ def load_runs(sweep: Path) -> list[dict]:
             raise ConfigError(f"dir: {f} is not a result.json written by moe_lm.train (not a JSON object)")
         r["run"] = str(f.parent.relative_to(sweep)) or "."
         r.update(knockout_scores(f.parent))  # `python -m moe_lm.evaluate task=knockout` beside it, if run
+        r.update(knockout_scores(f.parent, "knockout_heldout"))  # ... with data.split=heldout
+        r.update(heldout_scores(f.parent))  # task=lm data.split=heldout
         runs.append(r)
     if not runs:
         raise FileNotFoundError(f"dir: no result.json below {sweep} (did the runs finish?)")

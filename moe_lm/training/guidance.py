@@ -17,7 +17,7 @@ from moe_lm.config import RoutingConfig
 
 def guided_coef(cfg: RoutingConfig, step: int, warm_steps: int) -> float:
     """The supervision weight at optimizer step `step` (a pure function of the step: resumes continue it)."""
-    if cfg.warm_routing != "guided" or step >= warm_steps:
+    if cfg.warm_routing not in ("guided", "forced_guided") or step >= warm_steps:
         return 0.0
     progress = step / warm_steps
     if cfg.guided_anneal == "constant":

@@ -214,6 +214,7 @@ def summary(cfg: TrainConfig, trainer: L.Trainer, module: MoELitModule, wall: fl
         "tokens": trainer.global_step * cfg.trainer.accumulate_grad_batches * cfg.data.batch_size * cfg.data.seq_len,
         "model": cfg.model.name, "dense": not any(map(cfg.model.is_moe_layer, range(cfg.model.n_layers))),
         "warm_start": cfg.routing.arm, "routing": dataclasses.asdict(cfg.routing), "seed": cfg.seed, "arch": cfg.model.switches(),
+        "warm_steps": getattr(cfg.data, "round_robin_steps", 0), "top_k": cfg.model.top_k,
         "train_params": sum(p.numel() for p in module.model.parameters()),  # with training-only modules (MTP)
         "step_time_s": round(wall / max(1, trainer.global_step), 4)}
     if curve.history:

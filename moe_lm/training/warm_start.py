@@ -2,7 +2,7 @@
 
 - warm_routing=forced: each expert domain's tokens (or those of routing.forced_domains) hold their expert in
   every top-k (moe_lm/training/guidance.py);
-- warm_routing=guided: a router supervision term, annealed to 0 at the warm start's end;
+- warm_routing=guided: a router supervision term, annealed to 0 at the warm start's end (forced_guided: both);
 - warm_balance: the balance loss and the bias update over this batch (batch), over the last steps' loads, one
   step per domain of the round-robin cycle (window), or not at all (off);
 - router_init=domain_mean: each domain's router row from its mean router input, on a fresh run.
@@ -56,7 +56,7 @@ class WarmStart(nn.Module):
                 prior = [(layer, len(earlier)) for layer in shares.sum(0)]
             for i, moe in enumerate(model.moe_layers()):
                 moe.balance_prior = None if prior is None else prior[i]
-        if warm and self.routing.warm_routing == "forced":
+        if warm and self.routing.warm_routing in ("forced", "forced_guided"):
             return forced_experts(batch["domain"], self.forced_expert, batch["input_ids"].shape[1])
         return None
 

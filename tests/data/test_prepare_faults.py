@@ -2,6 +2,7 @@
 directory is refused; a domain of few long documents still gets a validation split. Local files only."""
 
 import copy
+import functools
 import json
 import os
 import subprocess
@@ -45,9 +46,10 @@ def setup(tmp_path):
                     "data.token_budget_range=[100,100000000]", f"prepare.tokenizer={tok_path}",
                     "prepare.checkpoint_every=8", "prepare.batch_documents=8"])
 
-    def cfg(out: Path, budget: int = 3000, val_fraction: float = 0.1):
+    def cfg(out: Path, budget: int = 3000, val_fraction: float = 0.1, heldout: float = 0.0):
         c = copy.deepcopy(base)
         c.prepare.out, c.prepare.val_fraction = str(out), val_fraction
+        c.prepare.heldout_fraction, c.prepare.heldout_tokens = heldout, 600 if heldout else 0
         c.data.domains = {"math": DomainConfig(expert=0, token_budget=budget, sources=[
             SourceConfig(formatter="gsm8k", local_file="math/gsm8k.jsonl", weight=0.5),
             SourceConfig(formatter="math_dataset", local_file="math/mathds.jsonl", weight=0.5)])}
@@ -91,10 +93,15 @@ def crash_at(monkeypatch, n: int) -> list[int]:
     return count
 
 
-def test_a_crash_at_any_file_operation_resumes_to_the_same_bytes(tmp_path, setup):
+@pytest.mark.parametrize("heldout", [0.0, 0.3], ids=["train+val", "with_heldout"])
+def test_a_crash_at_any_file_operation_resumes_to_the_same_bytes(tmp_path, setup, heldout):
+    setup = functools.partial(setup, heldout=heldout)
     prepare(setup(tmp_path / "ref"))
     ref = outputs(tmp_path / "ref")
-    assert set(ref) == {"meta.json", "train.bin", "val.bin"}
+    assert set(ref) == {"meta.json", "train.bin", "val.bin"} | ({"heldout.bin"} if heldout else set())
+    if heldout:  # the held-out split is filled (600 tokens), and read past the train/val budget to fill it
+        meta = json.loads(ref["meta.json"])
+        assert 600 <= meta["tokens"]["heldout"] < 700 and meta["heldout"]["fraction"] == 0.3
     with pytest.MonkeyPatch.context() as mp:
         total = crash_at(mp, 0)  # count only
         prepare(setup(tmp_path / "count"))

@@ -155,3 +155,33 @@ def test_evaluate_reads_the_val_split_of_prepared_shards_and_lists_expert_vocabu
     with pytest.raises(SystemExit):
         cli([f"ckpt={tiny_ckpt}", f"data.shards={tmp_path / 'shards'}", f"out={tmp_path}/out"])
     assert "error: data.shards: " in capsys.readouterr().err
+
+
+def test_evaluate_scores_the_held_out_split_when_asked(tiny_ckpt, tmp_path, capsys):
+    """data.split=heldout reads heldout.bin (not val.bin), into eval_heldout / knockout_heldout by default;
+    without data.shards it is refused."""
+    import numpy as np
+
+    from moe_lm.config import EvalDataConfig, EvaluateConfig
+    from moe_lm.data.bpe import tokenizer_hash
+    from moe_lm.evaluate import out_dir
+    from moe_lm.io.checkpoint import load_model
+
+    _, tok, _ = load_model(str(tiny_ckpt), "cpu")
+    val, held = tok.encode("the quick brown fox.").ids * 4, tok.encode("Question: what is 2 plus 2?").ids * 5
+    (tmp_path / "shards" / "math").mkdir(parents=True)
+    np.array(val, dtype=np.uint16).tofile(tmp_path / "shards" / "math" / "val.bin")
+    np.array(held, dtype=np.uint16).tofile(tmp_path / "shards" / "math" / "heldout.bin")
+    (tmp_path / "shards" / "math" / "meta.json").write_text(json.dumps(
+        {"dtype": "uint16", "tokenizer_hash": tokenizer_hash(tok), "heldout": {"fraction": 0.1},
+         "documents": {"val": 4, "heldout": 5}, "tokens": {"train": 0, "val": len(val), "heldout": len(held)}}))
+    for split, n in (("val", len(val)), ("heldout", len(held))):
+        cli([f"ckpt={tiny_ckpt}", f"data.shards={tmp_path / 'shards'}", f"data.split={split}", "context=16",
+             "vocab_top=0", f"out={tmp_path}/{split}"])
+        report = json.loads((tmp_path / split / "eval.json").read_text())
+        assert report["domains"][0]["tokens"] == n - 1 and report["domains"][0]["files"] == [f"math/{split}.bin"]
+    cfg = EvaluateConfig(ckpt=str(tiny_ckpt), task="knockout", data=EvalDataConfig(shards="s", split="heldout"))
+    assert out_dir(cfg) == tiny_ckpt.parent.parent.resolve() / "knockout_heldout"
+    with pytest.raises(SystemExit):
+        cli([f"ckpt={tiny_ckpt}", f"data.local_root={tmp_path}", "data.split=heldout"])
+    assert "error: data.split: heldout is a split of prepared shards" in capsys.readouterr().err

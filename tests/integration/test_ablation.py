@@ -74,3 +74,18 @@ def test_architecture_ablation_runs_and_reports(tmp_path, shared_data):
     assert "vs baseline" in rows["switch"] and (sweep / "arch_val_loss.png").stat().st_size > 1000
     metrics = next((sweep / "1").rglob("metrics.csv")).read_text()
     assert "train/mtp_loss" in metrics.splitlines()[0]
+
+
+def test_the_goal_arms_compose_on_shards_with_a_held_out_split():
+    names = ("dense_mixed", "none", "forced", "forced_long", "forced_guided", "forced_top1")
+    arms = {a: compose(["+experiment=specialisation_goals", f"+arm={a}"]) for a in names}
+    assert {a: c.routing.arm for a, c in arms.items()} == {
+        "dense_mixed": "none", "none": "none", "forced": "forced", "forced_long": "forced",
+        "forced_guided": "forced_guided", "forced_top1": "forced"}
+    assert {a: c.data.round_robin_steps for a, c in arms.items()} == {a: 300 if a == "forced_long" else 150
+                                                                      for a in names}
+    assert (arms["forced_top1"].model.top_k, arms["forced_top1"].model.norm_topk_prob) == (1, False)
+    assert arms["forced_guided"].routing.guided_coef == 0.02
+    c = arms["none"]
+    assert c.prepare.heldout_fraction == 0.1 and c.prepare.heldout_tokens > 0 and c.data.shards == c.prepare.out
+    assert c.prepare.tokenizer.startswith(c.tokenizer.out)

@@ -89,3 +89,17 @@ def test_resume_in_the_middle_of_the_warm_start_continues_the_annealing_exactly(
     assert [s for s, _ in resumed] == list(range(1, 9))  # steps 1-3 came back with the checkpoint
     for (_, a), (_, b) in zip(resumed, full):
         assert abs(a - b) <= 1e-6
+
+
+def test_forced_guided_forces_the_own_expert_and_adds_the_supervision_term():
+    from moe_lm.training.warm_start import WarmStart
+
+    cfg = compose(["model=moe_tiny", "data=domains", "data.seq_len=16", "data.round_robin_steps=10", "routing.warm_batches=mixed",
+                   "routing.warm_routing=forced_guided", "routing.guided_coef=0.02"])
+    warm = WarmStart(cfg, [0, 1, None], ["math", "code", "web"])
+    batch = {"domain": torch.tensor([1, 2]), "input_ids": torch.zeros(2, 4, dtype=torch.long)}
+    valid = torch.ones(2, 4, dtype=torch.bool)
+    assert warm.begin(None, 0, True, batch).tolist() == [[1] * 4, [-1] * 4]  # code's expert; web has none
+    coef, loss = warm.guidance(torch.randn(2, 8, 5), batch, valid, 0, True)
+    assert coef == pytest.approx(0.02) and float(loss) > 0
+    assert warm.begin(None, 10, True, batch) is None and warm.guidance(torch.randn(2, 8, 5), batch, valid, 10, True) == (0.0, None)
