@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Growing a trained MoE by one domain expert, measured on moe_small (docs/specialisation.md):
-#   bash experiments/grow_experiment.sh [DOMAIN=chat] [OUT=runs/grow]
+#   [SEED=1] [ROW=rule] bash experiments/grow_experiment.sh [DOMAIN=chat] [OUT=runs/grow]
 # 1. base: the forced warm-start arm without DOMAIN (4 routed experts, 500 steps);
 # 2. all6: the same arm with all six domains from the start (5 experts), 700 steps = the base's 500 + the growth's 200;
 # 3. grown_trainable, grown_frozen: the base grown by DOMAIN's expert, 200 steps (+experiment=add_domain_expert);
@@ -11,8 +11,9 @@ DOMAIN=${1:-chat}
 OUT=${2:-runs/grow}
 PY=${PY:-python}
 ROW=${ROW:-rule}  # the new router row of the two grown runs: rule (as measured in docs/specialisation.md) | domain_mean
+SEED=${SEED:-1}
 SHARDS=runs/specialisation/shards
-EXP="+experiment=warm_start_ablation +arm=forced seed=1 trainer.progress_bar=false"
+EXP="+experiment=warm_start_ablation +arm=forced seed=$SEED trainer.progress_bar=false"
 if [ ! -f "$SHARDS/web/meta.json" ]; then
   $PY -m moe_lm.tokenizer +experiment=specialisation_ablation tokenizer.out=runs/specialisation/tokenizer
   $PY -m moe_lm.prepare +experiment=specialisation_ablation
@@ -23,7 +24,7 @@ expert=$($PY -c "from moe_lm.cli import compose; print(compose(['data=domains'])
 [ -f "$OUT/all6/result.json" ] || $PY -m moe_lm.train $EXP trainer.max_steps=700 out_dir="$OUT/all6"
 for freeze in false true; do
   name=grown_$([ $freeze = true ] && echo frozen || echo trainable)
-  [ -f "$OUT/$name/result.json" ] || $PY -m moe_lm.train +experiment=add_domain_expert seed=1 \
+  [ -f "$OUT/$name/result.json" ] || $PY -m moe_lm.train +experiment=add_domain_expert seed=$SEED \
     trainer.progress_bar=false init_from=ckpt:"$OUT/base/checkpoints/final.ckpt" grow.domain="$DOMAIN" \
     grow.freeze_old=$freeze grow.router_row="$ROW" out_dir="$OUT/$name"
 done

@@ -11,6 +11,7 @@ PY=${PY:-python}
 TASK=${TASK:-knockout}
 folder=$([ "$TASK" = knockout ] && echo knockout || echo eval)
 for a in "$@"; do [ "$a" = data.split=heldout ] && folder=${folder}_heldout; done
+shopt -s nullglob
 for ckpt in "$sweep"/*/checkpoints/final.ckpt; do
   run=$(dirname "$(dirname "$ckpt")")
   [ "$TASK" = knockout ] && [ ! -d "$run/routing" ] && continue  # a dense run has no routed experts
