@@ -81,7 +81,10 @@ def ablation_table(runs: list[dict]) -> str:
         cells += [cell(rs, k, ".2f") for k in ko]
         cells.append(cell(rs, "step_time_s", ".2f"))
         rows.append(f"| {arm} | {len(rs)} | " + " | ".join(cells) + " |")
-    return "\n".join(rows) + heldout_table(runs) + knockout_table(runs) + knockout_table(runs, "knockout_heldout")
+    from moe_lm.eval.spec_goals import goals_table
+
+    return ("\n".join(rows) + heldout_table(runs) + knockout_table(runs) + knockout_table(runs, "knockout_heldout")
+            + goals_table(by_arm(runs)))
 
 
 def heldout_table(runs: list[dict]) -> str:

@@ -7,9 +7,11 @@ import pytest
 from moe_lm.eval.ablation import ablation_table, arm_of, by_arm, heldout_scores, knockout_scores
 
 
-def run(arm: str, seed: int, loss: float, top_k: int = 2, warm_steps: int = 150, dense: bool = False) -> dict:
-    return {"warm_start": arm, "dense": dense, "seed": seed, "top_k": top_k, "warm_steps": warm_steps,
-            "val/loss": loss, "val/loss/math": loss, "spec/hit_rate": 0.8, "step_time_s": 1.0}
+def run(arm: str, seed: int, loss: float, top_k: int = 2, warm_steps: int = 150, dense: bool = False,
+        domain: str | None = "math") -> dict:
+    r = {"warm_start": arm, "dense": dense, "seed": seed, "top_k": top_k, "warm_steps": warm_steps,
+         "val/loss": loss, "spec/hit_rate": 0.8, "step_time_s": 1.0}
+    return {**r, f"val/loss/{domain}": loss} if domain else r
 
 
 def test_arms_that_differ_in_top_k_or_warm_start_length_get_their_own_rows():
@@ -38,3 +40,22 @@ def test_held_out_scores_join_the_report(tmp_path):
     table = ablation_table(runs)
     assert "on the held-out split" in table and "knockout (held-out split)" in table
     assert "| forced | 1 | 4.500 | 4.000 | 5.000 | 0.900 | 0.800 | 0.200 | 4.00 | 1.00 |" in table
+
+
+def test_the_goals_table_checks_each_goal_against_none_and_the_dense_twin():
+    def moe(arm, seed, loss, hit, top1, ko):
+        return {**run(arm, seed, loss, domain=None), "spec/hit_rate": hit, "spec/top1_own": top1, "knockout/own_3x": ko,
+                **{f"val/loss/{d}": loss + i * 0.01 for i, d in enumerate("abcdef")}}
+
+    dense = [{**run("none", s, 5.0, dense=True, domain=None), **{f"val/loss/{d}": 5.0 + s * 0.01 for d in "abcdef"}} for s in (1, 2)]
+    runs = dense + [moe("none", 1, 4.60, 0.4, 0.2, 1), moe("none", 2, 4.62, 0.4, 0.2, 0),
+                    moe("forced", 1, 4.62, 0.92, 0.81, 5), moe("forced", 2, 4.63, 0.91, 0.82, 5),
+                    moe("guided", 1, 4.70, 0.95, 0.9, 5), moe("guided", 2, 4.71, 0.95, 0.9, 4)]
+    table = ablation_table(runs)
+    rows = {ln.split("|")[1].strip(): ln for ln in table.splitlines() if "| val |" in ln}
+    assert rows["forced"].endswith("| +0.33% | 0.915 | 0.815 | 6 of 6 | 5 | 1, 2, 3 |")
+    assert rows["guided"].endswith("| 6 of 6 | 4 | 2 |")  # 2.1% above none; one seed has 4 domains at 3x
+    assert rows["none"].endswith("| +0.00% | 0.400 | 0.200 | 6 of 6 | 0 | 2 |")
+    # one seed of the arm at or above a seed of the dense twin in a domain: not beyond the spread there
+    runs[4]["val/loss/a"] = 5.015  # forced, seed 1: between the dense seeds (5.01, 5.02)
+    assert "| forced | val | +0.33% | 0.915 | 0.815 | 5 of 6 | 5 | 1, 2, 3 |" in ablation_table(runs)
