@@ -31,7 +31,10 @@ VARIANTS = {"mla": {}, "gqa": dict(attention="gqa", n_kv_heads=1, head_dim=8),
 
 
 def fingerprint() -> str:
-    return f"torch {torch.__version__} {platform.machine()} {torch.backends.cpu.get_cpu_capability()}"
+    """What decides the exact bits: the torch build, the ISA, and the thread count (a CPU matmul's reduction order
+    changes with it)."""
+    return (f"torch {torch.__version__} {platform.machine()} {torch.backends.cpu.get_cpu_capability()} "
+            f"threads {torch.get_num_threads()}")
 
 
 def compute() -> dict[str, torch.Tensor]:

@@ -3,7 +3,7 @@ existed: logits, cached decoding, training losses and every gradient, for MLA, G
 
 The recording (tests/model/data/default_path.safetensors) was made by experiments/default_path_golden.py with the
 code of commit 0f88ef3. Floating-point results can differ between CPU kernels, so the comparison is exact on a
-machine of the recording's fingerprint (torch version, ISA) and within 1e-6 elsewhere.
+machine of the recording's fingerprint (torch version, ISA, thread count) and within 1e-6 elsewhere.
 """
 
 import sys
