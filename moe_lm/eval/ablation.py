@@ -25,8 +25,8 @@ def _usual(runs: list[dict], key: str):
 
 
 def arm_of(run: dict, runs: Sequence[dict] = ()) -> str:
-    """The run's arm: dense, or its warm start's switches, with `top-K` and `N warm steps` when those differ from
-    the most common values among `runs`."""
+    """The run's arm: dense, or its warm start's switches, with `top-K`, `N warm steps` and the guided
+    coefficient when those differ from the most common values among `runs` (the guided runs' for the last)."""
     if run.get("dense"):
         return "dense"
     name, runs = str(run.get("warm_start")), list(runs) or [run]
@@ -34,6 +34,10 @@ def arm_of(run: dict, runs: Sequence[dict] = ()) -> str:
         name += f", top-{run['top_k']}"
     if "warm_steps" in run and run["warm_steps"] != _usual([r for r in runs if not r.get("dense")], "warm_steps"):
         name += f", {run['warm_steps']} warm steps"
+    guided = [{"coef": r["routing"]["guided_coef"]} for r in runs if "guided" in str(r.get("warm_start"))
+              and isinstance(r.get("routing"), dict)]
+    if "guided" in name and isinstance(run.get("routing"), dict) and len({g["coef"] for g in guided}) > 1:
+        name += f", coef {run['routing']['guided_coef']:g}"
     return name
 
 

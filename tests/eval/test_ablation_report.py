@@ -59,3 +59,9 @@ def test_the_goals_table_checks_each_goal_against_none_and_the_dense_twin():
     # one seed of the arm at or above a seed of the dense twin in a domain: not beyond the spread there
     runs[4]["val/loss/a"] = 5.015  # forced, seed 1: between the dense seeds (5.01, 5.02)
     assert "| forced | val | +0.33% | 0.915 | 0.815 | 5 of 6 | 5 | 1, 2, 3 |" in ablation_table(runs)
+
+
+def test_guided_arms_with_other_coefficients_get_their_own_rows():
+    runs = [{**run("forced_guided", s, 4.7), "routing": {"guided_coef": c}} for s in (1, 2) for c in (0.1, 0.02)]
+    assert list(by_arm(runs + [run("none", 1, 4.6)])) == ["none", "forced_guided, coef 0.02", "forced_guided, coef 0.1"]
+    assert list(by_arm([runs[0], runs[2]])) == ["forced_guided"]  # one coefficient: no suffix

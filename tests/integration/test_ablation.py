@@ -77,15 +77,36 @@ def test_architecture_ablation_runs_and_reports(tmp_path, shared_data):
 
 
 def test_the_goal_arms_compose_on_shards_with_a_held_out_split():
-    names = ("dense_mixed", "none", "forced", "forced_long", "forced_guided", "forced_top1")
+    names = ("dense_mixed", "none", "forced", "forced_guided", "forced_top1")
     arms = {a: compose(["+experiment=specialisation_goals", f"+arm={a}"]) for a in names}
     assert {a: c.routing.arm for a, c in arms.items()} == {
-        "dense_mixed": "none", "none": "none", "forced": "forced", "forced_long": "forced",
-        "forced_guided": "forced_guided", "forced_top1": "forced"}
-    assert {a: c.data.round_robin_steps for a, c in arms.items()} == {a: 300 if a == "forced_long" else 150
-                                                                      for a in names}
+        "dense_mixed": "none", "none": "none", "forced": "forced", "forced_guided": "forced_guided",
+        "forced_top1": "forced"}
+    assert {c.data.round_robin_steps for c in arms.values()} == {150}
     assert (arms["forced_top1"].model.top_k, arms["forced_top1"].model.norm_topk_prob) == (1, False)
     assert arms["forced_guided"].routing.guided_coef == 0.02
     c = arms["none"]
     assert c.prepare.heldout_fraction == 0.1 and c.prepare.heldout_tokens > 0 and c.data.shards == c.prepare.out
     assert c.prepare.tokenizer.startswith(c.tokenizer.out)
+
+
+def test_an_arm_means_the_same_before_or_after_its_experiment():
+    """A sweep puts `+arm` before `+experiment` in each job's overrides (the experiment's sweeper params come
+    first), a command line may put it after: an arm that sets a key its experiment also sets would lose in one
+    order and win in the other. Every arm composes to the same config in both orders, with every experiment
+    that sweeps arms."""
+    from pathlib import Path
+
+    import yaml
+    from omegaconf import OmegaConf
+
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    arms = sorted(p.stem for p in (conf / "arm").glob("*.yaml"))
+    experiments = [p.stem for p in (conf / "experiment").glob("*.yaml")
+                   if "+arm" in str(yaml.safe_load(p.read_text()).get("hydra", {}))]
+    assert {"specialisation_ablation", "warm_start_ablation", "specialisation_goals"} <= set(experiments)
+    for exp in experiments:
+        for arm in arms:
+            after = compose([f"+experiment={exp}", f"+arm={arm}"])
+            before = compose([f"+arm={arm}", f"+experiment={exp}"])
+            assert OmegaConf.structured(after) == OmegaConf.structured(before), (exp, arm)
