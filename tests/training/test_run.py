@@ -113,8 +113,12 @@ def test_loss_curve_covers_the_whole_run_across_a_resume_with_val_per_domain(tmp
 EXPERIMENTS = sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml") if not p.stem.startswith("recipe_"))
 
 
-# add_domain_expert first trains the base it grows (tests/training/test_grow.py covers growing in the fast tier)
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "add_domain_expert" else n
+# add_domain_expert first trains the base it grows (tests/training/test_grow.py covers growing in the fast tier);
+# specialisation_goals is warm_start_ablation on shards with a held-out split (tests/data/test_heldout_split.py)
+SLOW_EXPERIMENTS = ("add_domain_expert", "specialisation_goals")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_EXPERIMENTS else n
                                   for n in EXPERIMENTS])
 def test_every_experiment_composes_and_runs_fast_dev_run(name, tmp_path, request):
     overrides = [f"+experiment={name}", "trainer.fast_dev_run=true", "trainer.progress_bar=false",
