@@ -27,8 +27,7 @@ def main(cfg: TrainConfig) -> None:
     from moe_lm.data.shard_writer import is_heldout
 
     fraction = cfg.prepare.heldout_fraction  # the groups prepare keeps apart are not in the tokenizer's sample
-    tok, meta = train_domain_tokenizer(cfg.data, cfg.tokenizer,
-                                       lambda d, key: is_heldout(d, key, cfg.seed, fraction) if fraction else False)
+    tok, meta = train_domain_tokenizer(cfg.data, cfg.tokenizer, lambda d, key: is_heldout(d, key, cfg.seed, fraction))
     path = Path(cfg.tokenizer.out) / "tokenizer.json"
     save_tokenizer(tok, meta, path)
     print(f"vocab {meta['vocab_size']}, hash {meta['hash']} -> {path}\n")

@@ -39,7 +39,7 @@ from rich.progress import Progress
 
 from moe_lm.config import ConfigError, DomainConfig, DomainsDataConfig, TrainConfig
 from moe_lm.data.files import DirectoryLock, naming, remove_stale_temporaries, write_json_atomic
-from moe_lm.data.formatters import GROUP_FIELDS, GROUPS, Skip, format_records
+from moe_lm.data.formatters import GROUPS, Skip, format_records
 from moe_lm.data.sources import iter_source
 from moe_lm.data.bpe import eot_id, load_tokenizer, tokenizer_hash
 from moe_lm.data.manifest import read_meta
@@ -57,8 +57,10 @@ def is_val(domain: str, source_idx: int, doc_idx: int, seed: int, fraction: floa
 def is_heldout(domain: str, key: str, seed: int, fraction: float) -> bool:
     """Whether a document's group (its key: repository, tree or text) is kept apart for the held-out split. The
     hash does not depend on the source, so a repository in two sources of a domain is held out from both."""
+    if fraction <= 0:  # no held-out split: no hash of every document's text
+        return False
     h = hashlib.blake2b(f"heldout/{seed}/{domain}/{key}".encode(), digest_size=8).digest()
-    return fraction > 0 and int.from_bytes(h, "little") / 2 ** 64 < fraction
+    return int.from_bytes(h, "little") / 2 ** 64 < fraction
 
 
 def heldout_rule(cfg: TrainConfig) -> dict[str, Any] | None:
@@ -67,7 +69,7 @@ def heldout_rule(cfg: TrainConfig) -> dict[str, Any] | None:
     if p.heldout_fraction <= 0:
         return None
     return {"fraction": p.heldout_fraction, "tokens": p.heldout_tokens, "seed": cfg.seed,
-            "groups": {**{f: GROUPS[f] for f in GROUP_FIELDS}, "oasst1": GROUPS["oasst1"], "other": "the document"}}
+            "groups": {**GROUPS, "other": "the document"}}
 
 
 def source_documents(data: DomainsDataConfig, domain: DomainConfig, idx: int, sink: list[dict[str, int]],

@@ -1,7 +1,7 @@
 """The specialisation ablations' report: arms (dense twin, MoE warm starts) compared over seeds.
 
 Each run's `result.json` says its arm (`dense`, else its `warm_start`: the routing switches' short name,
-RoutingConfig.arm, with its top-k and warm-start length where they differ from the report's most common ones)
+RoutingConfig.arm, with its top-k, warm-start length and guided coefficient where they differ from the report's)
 and holds its final `val/loss/<domain>` and `spec/...` scores; `routing/step*.json` beside it holds the scores at
 every validation, and `knockout/eval.json` (from `python -m moe_lm.evaluate task=knockout`), when present, the
 causal specialisation ratios. On the held-out split (`data.split=heldout`): `knockout_heldout/eval.json` and
@@ -14,6 +14,8 @@ import json
 from pathlib import Path
 from statistics import mean
 from typing import Sequence
+
+from moe_lm.eval.spec_goals import goals_table
 
 ARMS = ("dense", "none", "round_robin", "round_robin+guided", "round_robin+guided+window", "guided", "forced",
         "forced_guided", "domain_mean", "guided+domain_mean", "forced+domain_mean")
@@ -34,9 +36,9 @@ def arm_of(run: dict, runs: Sequence[dict] = ()) -> str:
         name += f", top-{run['top_k']}"
     if "warm_steps" in run and run["warm_steps"] != _usual([r for r in runs if not r.get("dense")], "warm_steps"):
         name += f", {run['warm_steps']} warm steps"
-    guided = [{"coef": r["routing"]["guided_coef"]} for r in runs if "guided" in str(r.get("warm_start"))
-              and isinstance(r.get("routing"), dict)]
-    if "guided" in name and isinstance(run.get("routing"), dict) and len({g["coef"] for g in guided}) > 1:
+    coefs = {r["routing"]["guided_coef"] for r in runs
+             if "guided" in str(r.get("warm_start")) and isinstance(r.get("routing"), dict)}
+    if "guided" in name and isinstance(run.get("routing"), dict) and len(coefs) > 1:
         name += f", coef {run['routing']['guided_coef']:g}"
     return name
 
@@ -50,8 +52,8 @@ def by_arm(runs: list[dict]) -> dict[str, list[dict]]:
         base = a.split(",")[0]
         return (ARMS.index(base) if base in ARMS else len(ARMS), a)
 
-    arms = sorted({arm_of(r, runs) for r in runs}, key=order)
-    return {a: [r for r in runs if arm_of(r, runs) == a] for a in arms}
+    labels = [arm_of(r, runs) for r in runs]
+    return {a: [r for r, b in zip(runs, labels) if b == a] for a in sorted(set(labels), key=order)}
 
 
 def spread(values: list[float]) -> tuple[float, float]:
@@ -85,8 +87,6 @@ def ablation_table(runs: list[dict]) -> str:
         cells += [cell(rs, k, ".2f") for k in ko]
         cells.append(cell(rs, "step_time_s", ".2f"))
         rows.append(f"| {arm} | {len(rs)} | " + " | ".join(cells) + " |")
-    from moe_lm.eval.spec_goals import goals_table
-
     return ("\n".join(rows) + heldout_table(runs) + knockout_table(runs) + knockout_table(runs, "knockout_heldout")
             + goals_table(by_arm(runs)))
 
