@@ -170,6 +170,17 @@ def heldout_scores(run_dir: Path) -> dict[str, float]:
     return out
 
 
+def chance_of(run_dir: Path) -> tuple[int, int] | None:
+    """(top_k, routed experts) of a run from the config it wrote (None without one): a router choosing uniformly
+    hits a token's own expert top_k / experts of the time."""
+    import yaml
+
+    if not (run_dir / "config.yaml").is_file():
+        return None
+    model = yaml.safe_load((run_dir / "config.yaml").read_text())["model"]
+    return int(model["top_k"]), int(model["n_routed_experts"])
+
+
 def ablation_plots(runs: list[dict], sweep: Path) -> list[Path]:
     """val loss per domain per arm (bars), and own-expert share over training per arm (lines, mean over seeds)."""
     import matplotlib
@@ -200,7 +211,9 @@ def ablation_plots(runs: list[dict], sweep: Path) -> list[Path]:
         steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
         if steps:
             ax.plot(steps, [mean(c[s] for c in curves) for s in steps], marker="o", label=arm)
-    ax.axhline(0.4, color="gray", linestyle="--", linewidth=1, label="uniform (top-2 of 5)")
+    chances = {chance_of(sweep / r["run"]) for r in runs if not r.get("dense")} - {None}
+    for (k, e), style in zip(sorted(chances, reverse=True), ("--", ":", "-.")):
+        ax.axhline(k / e, color="gray", linestyle=style, linewidth=1, label=f"uniform (top-{k} of {e})")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("own-expert hit rate (validation)")
     ax.set_title("do the experts keep their domains?")

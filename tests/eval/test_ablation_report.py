@@ -65,3 +65,13 @@ def test_guided_arms_with_other_coefficients_get_their_own_rows():
     runs = [{**run("forced_guided", s, 4.7), "routing": {"guided_coef": c}} for s in (1, 2) for c in (0.1, 0.02)]
     assert list(by_arm(runs + [run("none", 1, 4.6)])) == ["none", "forced_guided, coef 0.02", "forced_guided, coef 0.1"]
     assert list(by_arm([runs[0], runs[2]])) == ["forced_guided"]  # one coefficient: no suffix
+
+
+def test_the_hit_rate_chance_line_comes_from_each_runs_routing_width(tmp_path):
+    from moe_lm.eval.ablation import chance_of
+
+    for name, k in (("top2", 2), ("top1", 1)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text(f"model:\n  top_k: {k}\n  n_routed_experts: 6\n")
+    assert chance_of(tmp_path / "top2") == (2, 6) and chance_of(tmp_path / "top1") == (1, 6)
+    assert chance_of(tmp_path / "missing") is None
