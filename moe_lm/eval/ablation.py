@@ -22,19 +22,36 @@ ARMS = ("dense", "none", "round_robin", "round_robin+guided", "round_robin+guide
 
 
 def _usual(runs: list[dict], key: str):
+    """The most common value of `key` among the runs; None when none has it or two values tie."""
     values = [r[key] for r in runs if key in r]
-    return max(set(values), key=values.count) if values else None
+    counts = sorted((values.count(v) for v in set(values)), reverse=True)
+    if not values or (len(counts) > 1 and counts[0] == counts[1]):
+        return None
+    return max(set(values), key=values.count)
+
+
+def _warm_start_acts(run: dict) -> bool:
+    """Whether the warm start's length changes the run: some switch acts during it (not `none`, the dense twin or a
+    router initialisation alone)."""
+    r, switches = run.get("routing"), ("warm_batches", "warm_routing", "warm_balance")
+    if run.get("dense"):
+        return False
+    if not isinstance(r, dict) or not all(k in r for k in switches):  # results written before the routing dict
+        return run.get("warm_start") != "none"
+    return (r["warm_batches"], r["warm_routing"], r["warm_balance"]) != ("mixed", "learned", "batch")
 
 
 def arm_of(run: dict, runs: Sequence[dict] = ()) -> str:
     """The run's arm: dense, or its warm start's switches, with `top-K`, `N warm steps` and the guided
-    coefficient when those differ from the most common values among `runs` (the guided runs' for the last)."""
+    coefficient when those differ from the most common values among `runs` (for the warm steps, among the runs
+    whose warm start acts; every value is named when two tie; for the coefficient, the guided runs')."""
     if run.get("dense"):
         return "dense"
     name, runs = str(run.get("warm_start")), list(runs) or [run]
     if "top_k" in run and run["top_k"] != _usual(runs, "top_k"):
         name += f", top-{run['top_k']}"
-    if "warm_steps" in run and run["warm_steps"] != _usual([r for r in runs if not r.get("dense")], "warm_steps"):
+    if _warm_start_acts(run) and "warm_steps" in run \
+            and run["warm_steps"] != _usual([r for r in runs if _warm_start_acts(r)], "warm_steps"):
         name += f", {run['warm_steps']} warm steps"
     coefs = {r["routing"]["guided_coef"] for r in runs
              if "guided" in str(r.get("warm_start")) and isinstance(r.get("routing"), dict)}

@@ -75,3 +75,13 @@ def test_the_hit_rate_chance_line_comes_from_each_runs_routing_width(tmp_path):
         (tmp_path / name / "config.yaml").write_text(f"model:\n  top_k: {k}\n  n_routed_experts: 6\n")
     assert chance_of(tmp_path / "top2") == (2, 6) and chance_of(tmp_path / "top1") == (1, 6)
     assert chance_of(tmp_path / "missing") is None
+
+
+def test_warm_steps_name_only_the_arms_whose_warm_start_acts_and_ties_name_every_length():
+    runs = [run("none", 1, 4.6, warm_steps=150), run("forced", 1, 4.6, warm_steps=900),
+            run("forced", 2, 4.6, warm_steps=900), run("forced", 1, 4.6, warm_steps=450),
+            run("forced", 2, 4.6, warm_steps=450), run("none", 1, 5.0, warm_steps=150, dense=True)]
+    assert list(by_arm(runs)) == ["dense", "none", "forced, 450 warm steps", "forced, 900 warm steps"]
+    runs[0]["routing"] = {"warm_batches": "mixed", "warm_routing": "learned", "warm_balance": "batch"}
+    runs[0]["warm_steps"] = 300  # a length `none` never used: still `none`
+    assert arm_of(runs[0], runs) == "none"
