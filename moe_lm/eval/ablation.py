@@ -11,6 +11,7 @@ causal specialisation ratios. On the held-out split (`data.split=heldout`): `kno
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from statistics import mean
 from typing import Sequence
@@ -23,11 +24,8 @@ ARMS = ("dense", "none", "round_robin", "round_robin+guided", "round_robin+guide
 
 def _usual(runs: list[dict], key: str):
     """The most common value of `key` among the runs; None when none has it or two values tie."""
-    values = [r[key] for r in runs if key in r]
-    counts = sorted((values.count(v) for v in set(values)), reverse=True)
-    if not values or (len(counts) > 1 and counts[0] == counts[1]):
-        return None
-    return max(set(values), key=values.count)
+    top = Counter(r[key] for r in runs if key in r).most_common(2)
+    return None if not top or (len(top) > 1 and top[0][1] == top[1][1]) else top[0][0]
 
 
 def _warm_start_acts(run: dict) -> bool:
